@@ -1,0 +1,51 @@
+"""flowjax: flow matching, score-based diffusion and DDPM as one model, in JAX.
+
+A Gaussian probability path ``x_t = alpha(t) x1 + beta(t) eps`` (noise at ``t = 0``, data at
+``t = 1``) fixes the score, velocity, noise and clean-data predictions up to closed-form
+conversions. Submodules:
+
+* :mod:`flowjax.paths` — the paths (CondOT, VP, sub-VP, VE, EDM, user schedules).
+* :mod:`flowjax.parameterization` — conversions between velocity, score, eps, x1 and v.
+* :mod:`flowjax.oracle` — exact Gaussian-mixture ground truth on any path.
+* :mod:`flowjax.distances` — energy distance, MMD, sliced Wasserstein.
+"""
+
+from flowjax import distances, oracle, parameterization, paths
+from flowjax._validation import checked, checking
+from flowjax.oracle import GaussianMixture
+from flowjax.parameterization import convert
+from flowjax.paths import (
+    EDM,
+    PREDICTIONS,
+    VE,
+    AbstractPath,
+    CondOT,
+    GaussianPath,
+    SubVP,
+    VPCosine,
+    VPLinear,
+    get_path,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EDM",
+    "PREDICTIONS",
+    "VE",
+    "AbstractPath",
+    "CondOT",
+    "GaussianMixture",
+    "GaussianPath",
+    "SubVP",
+    "VPCosine",
+    "VPLinear",
+    "checked",
+    "checking",
+    "convert",
+    "distances",
+    "get_path",
+    "oracle",
+    "parameterization",
+    "paths",
+]

@@ -1,0 +1,69 @@
+"""Test configuration: strict JAX options, float64 on request, opt-in slow tests, subprocess runner.
+
+The main test process keeps one CPU device; tests that need several devices or processes run a
+snippet in a fresh interpreter through :func:`run_python` (the device count must be fixed before
+JAX starts).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with 64-bit floats (for checks of numerics against closed forms)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def run_python(
+    code: str, *, devices: int = 1, timeout: float = 600, env: dict | None = None
+) -> str:
+    """Run ``code`` in a fresh Python with ``devices`` CPU devices; return stdout, fail on error."""
+    full_env = dict(os.environ)
+    full_env["XLA_FLAGS"] = (
+        full_env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
+    full_env["JAX_PLATFORMS"] = "cpu"
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=str(ROOT),
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc.stdout

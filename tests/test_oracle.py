@@ -1,0 +1,197 @@
+"""The Gaussian-mixture oracle: exact densities, scores and predictions on every path."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowjax as fj
+from flowjax.oracle import GaussianMixture, eight_gaussians, two_modes_1d, two_modes_2d
+
+PATHS = {
+    "condot": fj.CondOT(),
+    "vp_linear": fj.VPLinear(),
+    "vp_cosine": fj.VPCosine(),
+    "subvp": fj.SubVP(),
+    "ve": fj.VE(sigma_max=10.0),
+    "edm": fj.EDM(sigma_max=10.0),
+}
+
+
+def full_cov_mixture():
+    covs = np.array(
+        [[[1.0, 0.6], [0.6, 0.8]], [[0.3, -0.1], [-0.1, 0.5]], [[0.5, 0.0], [0.0, 0.2]]]
+    )
+    return GaussianMixture([0.2, 0.5, 0.3], [[-2.0, 1.0], [1.5, 0.0], [0.0, -2.0]], covs)
+
+
+MIXTURES = {"eight": eight_gaussians, "full": full_cov_mixture, "oned": two_modes_1d}
+
+
+def points(mix, n, key=0, scale=1.0):
+    return mix.sample(jax.random.PRNGKey(key), n) * scale
+
+
+@pytest.mark.parametrize("mname", list(MIXTURES))
+@pytest.mark.parametrize("pname", list(PATHS))
+def test_score_is_gradient_of_log_density(pname, mname, x64):
+    path, mix = PATHS[pname], MIXTURES[mname]()
+    x = points(mix, 12)
+    for t in (path.t_min, 0.3, 0.8, path.t_max):
+        grad = jax.vmap(jax.grad(lambda xi, t=t: mix.log_prob(path, xi[None], t)[0]))(x)
+        np.testing.assert_allclose(
+            mix.score(path, x, t), grad, rtol=1e-7, atol=1e-9, err_msg=f"t={t}"
+        )
+
+
+@pytest.mark.parametrize("mname", list(MIXTURES))
+@pytest.mark.parametrize("pname", list(PATHS))
+def test_continuity_equation(pname, mname, x64):
+    """d/dt log p_t(x) = -div u_t(x) - u_t(x) . score_t(x)  (i.e. d/dt p = -div(p u))."""
+    path, mix = PATHS[pname], MIXTURES[mname]()
+    x = points(mix, 6, key=3) * 0.8
+    h = 1e-5
+    for t in (0.2, 0.5, 0.8):
+        dlogp = (mix.log_prob(path, x, t + h) - mix.log_prob(path, x, t - h)) / (2 * h)
+        u = mix.velocity(path, x, t)
+        s = mix.score(path, x, t)
+        jac = jax.vmap(jax.jacfwd(lambda xi, t=t: mix.velocity(path, xi[None], t)[0]))(x)
+        div = jnp.trace(jac, axis1=1, axis2=2)
+        np.testing.assert_allclose(dlogp, -div - jnp.sum(u * s, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_seed_mixture_scores(x64):
+    # Ch. 1: 0.5 N((-2,0), 0.49 I) + 0.5 N((2,0), 0.49 I): score (-2.04, 0) at (3, 0), 0 at the origin.
+    mix = two_modes_2d()
+    s = mix.score(fj.CondOT(), jnp.array([[3.0, 0.0], [0.0, 0.0]]), 1.0)
+    np.testing.assert_allclose(s, [[-2.04, 0.0], [0.0, 0.0]], atol=1e-2)
+    np.testing.assert_allclose(s[0, 0], -1 / 0.49, rtol=1e-9)
+
+
+def test_gaussian_seed_examples(x64):
+    # Ch. 1: N(3, 1): score -2 at x = 5, +2 at x = 1, 0 at 3; quiz N(5, 4) at x = 9: -1.
+    g = GaussianMixture([1.0], [[3.0]], [[1.0]])
+    np.testing.assert_allclose(
+        g.score(fj.CondOT(), jnp.array([[5.0], [1.0], [3.0]]), 1.0), [[-2.0], [2.0], [0.0]]
+    )
+    g = GaussianMixture([1.0], [[5.0]], [[4.0]])
+    np.testing.assert_allclose(g.score(fj.CondOT(), jnp.array([[9.0]]), 1.0), [[-1.0]])
+
+
+def test_diagonal_equals_full(x64):
+    mix = eight_gaussians()
+    full = GaussianMixture(mix.weights, mix.means, mix.full_covs())
+    x = points(mix, 10) * 1.3
+    for path in PATHS.values():
+        t = jnp.linspace(0.0, path.t_max, 10)
+        for kind in fj.PREDICTIONS:
+            chex.assert_trees_all_close(
+                mix.predict(kind, path, x, t), full.predict(kind, path, x, t), rtol=1e-9, atol=1e-9
+            )
+        chex.assert_trees_all_close(mix.log_prob(path, x, t), full.log_prob(path, x, t), rtol=1e-10)
+
+
+def test_density_normalises_1d(x64):
+    mix = two_modes_1d()
+    grid = jnp.linspace(-80, 80, 80001)[:, None]
+    for path in PATHS.values():
+        for t in (0.0, 0.5, path.t_max):
+            p = jnp.exp(mix.log_prob(path, grid, t))
+            assert float(jnp.trapezoid(p, grid[:, 0])) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_endpoints_of_predictions(x64):
+    mix = full_cov_mixture()
+    x = points(mix, 5)
+    path = fj.CondOT()
+    # At t = 1 (beta = 0) the denoiser is the identity; at t = 0 (alpha = 0) it is the data mean.
+    np.testing.assert_allclose(mix.x1(path, x, 1.0), x, atol=1e-12)
+    np.testing.assert_allclose(
+        mix.x1(path, x, 0.0), jnp.broadcast_to(mix.weights @ mix.means, x.shape), atol=1e-12
+    )
+    np.testing.assert_allclose(mix.eps(path, x, 0.0), x, atol=1e-12)
+    # And the time-0 marginal is the prior N(0, I).
+    np.testing.assert_allclose(mix.log_prob(path, x, 0.0), path.prior_log_prob(x), rtol=1e-12)
+
+
+def test_sampling_moments(x64):
+    mix = full_cov_mixture()
+    x, labels = mix.sample_with_labels(jax.random.PRNGKey(0), 200_000)
+    mean = mix.weights @ mix.means
+    second = jnp.einsum(
+        "k,kij->ij", mix.weights, mix.covs + jnp.einsum("ki,kj->kij", mix.means, mix.means)
+    )
+    np.testing.assert_allclose(x.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(jnp.cov(x.T), second - jnp.outer(mean, mean), atol=0.03)
+    np.testing.assert_allclose(jnp.bincount(labels, length=3) / 200_000, mix.weights, atol=0.005)
+
+
+def test_class_conditional(x64):
+    mix = eight_gaussians()
+    x = points(mix, 7)
+    labels = jnp.array([0, 1, 2, 3, 4, 5, 6])
+    path = fj.VPLinear()
+    for k in range(3):
+        comp = mix.component(k)
+        lab = jnp.full((7,), k)
+        np.testing.assert_allclose(
+            mix.score(path, x, 0.4, labels=lab), comp.score(path, x, 0.4), rtol=1e-10
+        )
+    r = mix.responsibilities(path, x, 0.9)
+    chex.assert_shape(r, (7, 8))
+    np.testing.assert_allclose(r.sum(1), 1.0)
+    # Bayes: p(x) p(k | x) = w_k p(x | k)
+    np.testing.assert_allclose(
+        mix.log_prob(path, x, 0.9) + jnp.log(r[jnp.arange(7), labels]),
+        jnp.log(mix.weights[labels]) + mix.log_prob(path, x, 0.9, labels=labels),
+        rtol=1e-9,
+    )
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 8\); got \[9\]"):
+        mix.score(path, x, 0.4, labels=jnp.array([0, 1, 2, 3, 4, 5, 9]))
+
+
+def test_posterior_matches_bayes_on_a_grid(x64):
+    mix = two_modes_2d()
+    A = jnp.array([[1.0, 0.5]])
+    y, s = jnp.array([0.8]), 0.5
+    post = mix.posterior(A, y, s)
+    g = jnp.linspace(-6, 6, 241)
+    X, Y = jnp.meshgrid(g, g, indexing="ij")
+    pts = jnp.stack([X.ravel(), Y.ravel()], 1)
+    log_prior = mix.data_log_prob(pts)
+    log_lik = -0.5 * ((pts @ A.T)[:, 0] - y[0]) ** 2 / s**2
+    log_unnorm = log_prior + log_lik
+    dx = float(g[1] - g[0])
+    log_z = jax.nn.logsumexp(log_unnorm) + 2 * jnp.log(dx)
+    np.testing.assert_allclose(post.data_log_prob(pts), log_unnorm - log_z, atol=1e-6)
+
+
+def test_posterior_bad_input():
+    mix = two_modes_2d()
+    with pytest.raises(ValueError, match=r"A must have shape \[m, d\] with d = 2; got \(1, 3\)"):
+        mix.posterior(jnp.ones((1, 3)), jnp.ones(1), 0.1)
+    with pytest.raises(ValueError, match=r"y contains NaN or infinite values in row\(s\) \[0\]"):
+        mix.posterior(jnp.ones((1, 2)), jnp.array([jnp.nan]), 0.1)
+
+
+def test_bad_input():
+    mix = eight_gaussians()
+    with pytest.raises(ValueError, match=r"x must have shape \[B, d\] with d = 2; got \(4, 3\)"):
+        mix.log_prob(fj.CondOT(), jnp.ones((4, 3)), 0.5)
+    with pytest.raises(ValueError, match=r"covs must have shape"):
+        GaussianMixture([0.5, 0.5], [[0.0], [1.0]], [1.0, 1.0])
+    with pytest.raises(ValueError, match="weights must be non-negative"):
+        GaussianMixture([-0.5, 1.5], [[0.0], [1.0]], [[1.0], [1.0]])
+
+
+def test_jit_and_pytree():
+    mix = eight_gaussians()
+    path = fj.VE()
+    f = jax.jit(lambda m, p, x, t: m.velocity(p, x, t))
+    x = mix.sample(jax.random.PRNGKey(0), 16)
+    out = f(mix, path, x, jnp.linspace(0, 1, 16))
+    chex.assert_shape(out, (16, 2))
+    chex.assert_tree_all_finite(out)
+    fn = mix.model_fn(path, "eps")
+    chex.assert_trees_all_close(fn(x, jnp.full(16, 0.5)), mix.eps(path, x, 0.5), atol=1e-6)

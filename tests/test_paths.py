@@ -1,0 +1,214 @@
+"""Gaussian paths: closed forms, endpoints, pytree behaviour, the diffusion-orientation adapter."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowjax as fj
+from flowjax import paths as P
+
+ALL_PATHS = {
+    "condot": fj.CondOT(),
+    "condot_smin": fj.CondOT(sigma_min=1e-3),
+    "vp_linear": fj.VPLinear(),
+    "vp_cosine": fj.VPCosine(),
+    "subvp": fj.SubVP(),
+    "ve": fj.VE(),
+    "edm": fj.EDM(),
+    "trig": fj.GaussianPath(
+        lambda t: jnp.sin(0.5 * jnp.pi * t), lambda t: jnp.cos(0.5 * jnp.pi * t)
+    ),
+}
+
+
+def grid(path, n=41):
+    return jnp.linspace(path.t_min, path.t_max, n, dtype=jnp.float64)
+
+
+@pytest.mark.parametrize("name", list(ALL_PATHS))
+def test_closed_form_derivatives_equal_jvp(name, x64):
+    path = ALL_PATHS[name]
+    t = grid(path)
+    auto_a = jax.jvp(path.alpha, (t,), (jnp.ones_like(t),))[1]
+    auto_b = jax.jvp(path.beta, (t,), (jnp.ones_like(t),))[1]
+    c = jax.jit(path.coefficients)(t)
+    # VP's beta_dot grows like 1/sqrt(1 - t) near the data end: compare relatively.
+    np.testing.assert_allclose(c.alpha_dot, auto_a, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(c.beta_dot, auto_b, rtol=1e-9, atol=1e-12)
+    assert np.all(np.isfinite(np.asarray(c))), "coefficients must be finite on [t_min, t_max]"
+
+
+@pytest.mark.parametrize("name", list(ALL_PATHS))
+def test_signal_to_noise_increases(name, x64):
+    path = ALL_PATHS[name]
+    t = grid(path)[1:-1]
+    snr = path.log_snr(t)
+    assert np.all(np.diff(np.asarray(snr)) > 0)
+    a, b = P.prop1_coefficients(path, t)
+    assert np.all(np.asarray(a) > 0), "a_t >= 0: the reverse SDE has a real diffusion coefficient"
+    chex.assert_trees_all_close(b, path.alpha_dot(t) / path.alpha(t))
+
+
+def test_endpoints(x64):
+    c = fj.CondOT()
+    np.testing.assert_allclose(c.coefficients(jnp.array([0.0, 1.0]))[:2], [[0, 1], [1, 0]])
+    assert float(fj.CondOT(sigma_min=0.01).beta(1.0)) == pytest.approx(0.01)
+    cos = fj.VPCosine()
+    assert float(cos.alpha(0.0)) == 0.0 and float(cos.beta(0.0)) == pytest.approx(1.0)
+    assert float(cos.alpha(1.0)) == pytest.approx(1.0)
+    vp = fj.VPLinear()
+    # VP never reaches pure noise: alpha(0) = exp(-B(1)/2) with B(1) = (0.1 + 20) / 2.
+    assert float(vp.alpha(0.0)) == pytest.approx(math.exp(-0.25 * (0.1 + 20.0)))
+    np.testing.assert_allclose(vp.alpha(0.3) ** 2 + vp.beta(0.3) ** 2, 1.0)
+    assert float(vp.beta(1.0)) == 0.0
+    sub = fj.SubVP()
+    assert float(sub.beta(1.0)) == 0.0 and float(sub.beta_dot(1.0)) == pytest.approx(-0.1)
+    ve = fj.VE()
+    assert float(ve.prior_std()) == pytest.approx(50.0)
+    assert float(ve.beta(1.0)) == pytest.approx(0.01)
+    edm = fj.EDM()
+    np.testing.assert_allclose(edm.beta(jnp.array([0.0, 1.0])), [80.0, 0.002], rtol=1e-12)
+
+
+def test_edm_uniform_time_is_karras_grid(x64):
+    # Karras et al. eq. 5: sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho
+    n, rho, lo, hi = 18, 7.0, 0.002, 80.0
+    i = np.arange(n)
+    karras = (hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    np.testing.assert_allclose(fj.EDM().beta(jnp.linspace(0.0, 1.0, n)), karras, rtol=1e-12)
+
+
+def test_vp_cosine_beta_is_stable_near_data(x64):
+    path = fj.VPCosine()
+    t = jnp.array(1.0 - 1e-5, jnp.float32)
+    with jax.enable_x64(False):
+        b32 = path.beta(jnp.float32(1.0 - 1e-5))
+    b64 = path.beta(t.astype(jnp.float64))
+    assert float(b32) > 0 and float(b32) == pytest.approx(float(b64), rel=1e-2)
+
+
+def test_conditional_sample_and_target_shapes():
+    path = fj.CondOT()
+    key = jax.random.PRNGKey(0)
+    x1 = jax.random.normal(key, (4, 3, 5, 5))
+    t = jnp.linspace(0.1, 0.9, 4)
+    xt, eps = path.sample_conditional(key, x1, t)
+    chex.assert_shape([xt, eps], x1.shape)
+    chex.assert_trees_all_close(
+        xt, t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * eps, atol=1e-6
+    )
+    for pred in fj.PREDICTIONS:
+        chex.assert_shape(path.conditional_target(pred, x1, eps, t), x1.shape)
+    chex.assert_trees_all_close(path.conditional_target("velocity", x1, eps, t), x1 - eps)
+
+
+def test_paths_are_pytrees_under_jit_vmap_grad(x64):
+    def loss(path):
+        return jnp.sum(path.alpha(jnp.linspace(0, 0.9, 5)) ** 2)
+
+    g = jax.grad(loss)(fj.VPLinear(beta_min=0.1, beta_max=20.0))
+    assert isinstance(g, fj.VPLinear) and float(g.beta_max) != 0.0
+    fd = (loss(fj.VPLinear(beta_max=20.0 + 1e-6)) - loss(fj.VPLinear(beta_max=20.0 - 1e-6))) / 2e-6
+    assert float(g.beta_max) == pytest.approx(float(fd), rel=1e-6)
+    # A batch of paths (different beta_max) under vmap.
+    stacked = jax.vmap(lambda bm: fj.VPLinear(beta_max=bm))(jnp.array([10.0, 20.0]))
+    out = jax.vmap(lambda p: p.alpha(0.5))(stacked)
+    np.testing.assert_allclose(
+        out, [fj.VPLinear(beta_max=10.0).alpha(0.5), fj.VPLinear().alpha(0.5)]
+    )
+    assert jax.jit(lambda p, t: p.beta(t))(fj.VE(), 0.5) == pytest.approx(float(fj.VE().beta(0.5)))
+
+
+def test_prior(x64):
+    for path in ALL_PATHS.values():
+        x = jnp.ones((3, 2, 2))
+        std = float(path.prior_std())
+        expected = -0.5 * 4 / std**2 - 4 * (math.log(std) + 0.5 * math.log(2 * math.pi))
+        np.testing.assert_allclose(path.prior_log_prob(x), expected)
+    s = fj.VE().prior_sample(jax.random.PRNGKey(0), (20000, 2))
+    assert float(jnp.std(s)) == pytest.approx(50.0, rel=0.02)
+
+
+def test_registry():
+    assert isinstance(fj.get_path("vp_cosine", s=0.01), fj.VPCosine)
+    with pytest.raises(ValueError, match="valid choices are: condot, vp_linear"):
+        fj.get_path("cosine")
+
+
+# ------------------------------------------------------------------ diffusion orientation
+
+
+def score_sde_closed_forms(path, s):
+    """f(s), g(s) as printed in Song et al. (2021), eqs. 9, 11 and the sub-VP SDE."""
+    if isinstance(path, fj.VE):
+        sig = path.sigma_min * (path.sigma_max / path.sigma_min) ** s
+        return 0.0 * s, sig * jnp.sqrt(2 * jnp.log(path.sigma_max / path.sigma_min))
+    beta_s = path.beta_min + s * (path.beta_max - path.beta_min)
+    if isinstance(path, fj.SubVP):
+        B = path.beta_min * s + 0.5 * (path.beta_max - path.beta_min) * s**2
+        return -0.5 * beta_s, jnp.sqrt(beta_s * (1 - jnp.exp(-2 * B)))
+    return -0.5 * beta_s, jnp.sqrt(beta_s)
+
+
+@pytest.mark.parametrize(
+    "path", [fj.VPLinear(), fj.SubVP(), fj.VE(), fj.VE(sigma_min=0.1, sigma_max=5.0)]
+)
+def test_forward_sde_matches_score_sde_paper(path, x64):
+    s = jnp.linspace(1e-3, 1.0, 17)
+    f, g = P.forward_sde_coefficients(path, s)
+    f_ref, g_ref = score_sde_closed_forms(path, s)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-9)
+
+
+def test_forward_sde_reproduces_marginal_variance(x64):
+    # d/ds Var = 2 f Var + g^2 for the linear SDE: integrate and compare with beta(s)^2.
+    path = fj.SubVP()
+    s = jnp.linspace(0.0, 1.0, 20001)
+    f, g = P.forward_sde_coefficients(path, s)
+    f, g = np.asarray(f), np.asarray(g)
+    var = np.zeros_like(s)
+    h = float(s[1] - s[0])
+    for i in range(len(s) - 1):  # Heun on the variance ODE
+        k1 = 2 * f[i] * var[i] + g[i] ** 2
+        k2 = 2 * f[i + 1] * (var[i] + h * k1) + g[i + 1] ** 2
+        var[i + 1] = var[i] + 0.5 * h * (k1 + k2)
+    np.testing.assert_allclose(var[::2000], np.asarray(path.beta(1.0 - s[::2000])) ** 2, atol=1e-6)
+
+
+def test_seed003_conversions_through_orientation_adapter(x64):
+    """Seed 003 (data at s = 0): x_s = (1-s) x0 + s eps, v = eps - x0, eps = x_s + (1-s) v, x0 = x_s - s v."""
+    x0 = jnp.array([[3.0, 1.0]])  # seed 003's flow-matching example data and noise
+    noise = jnp.array([[-1.0, 2.0]])
+    s = 0.3
+    x_s = (1 - s) * x0 + s * noise
+    v_s = noise - x0
+    np.testing.assert_allclose(x_s + (1 - s) * v_s, noise)  # the seed's formulas, as printed
+    np.testing.assert_allclose(x_s - s * v_s, x0)
+    t = P.from_diffusion_time(s)
+    assert float(t) == pytest.approx(0.7) and float(P.to_diffusion_time(t)) == pytest.approx(s)
+    u = P.from_diffusion_velocity(v_s)
+    path = fj.CondOT()
+    np.testing.assert_allclose(path.interpolate(x0, noise, t), x_s)
+    np.testing.assert_allclose(
+        fj.convert(u, source="velocity", target="eps", path=path, x=x_s, t=t), noise
+    )
+    np.testing.assert_allclose(
+        fj.convert(u, source="velocity", target="x1", path=path, x=x_s, t=t), x0
+    )
+    np.testing.assert_allclose(P.to_diffusion_velocity(u), v_s)
+
+
+def test_time_outside_range_is_rejected():
+    with pytest.raises(ValueError, match=r"valid range \[0.0, 0.99999\]"):
+        fj.VPLinear().coefficients(1.0)
+    with pytest.raises(ValueError, match="valid range"):
+        fj.CondOT().interpolate(jnp.ones((2, 1)), jnp.ones((2, 1)), jnp.array([0.5, 1.5]))
+    with pytest.raises(Exception, match="valid range"):
+        fj.checked(jax.jit(fj.CondOT().coefficients))(jnp.array(-0.1))
+    # Unchecked, traced: no cost, no error.
+    jax.jit(fj.CondOT().coefficients)(jnp.array(-0.1))
