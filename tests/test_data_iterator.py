@@ -36,6 +36,8 @@ def test_permutation_is_a_permutation_and_depends_on_seed_and_epoch():
     u = _hashing.uniform_from_keys(_hashing.example_keys(0, 0, np.arange(2000), 3), (50,))
     assert u.dtype == np.float32 and u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.003
+    # the two uniforms taken from each 64-bit hash are uncorrelated
+    assert abs(np.corrcoef(u[:, 0::2].ravel(), u[:, 1::2].ravel())[0, 1]) < 0.01
 
 
 def test_same_seed_same_batches_different_seed_different():

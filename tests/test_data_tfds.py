@@ -61,6 +61,8 @@ def test_mock_record_and_in_memory_paths_agree(mock):
     assert rec.source[3]["image"].shape == (32, 32, 3)
     with pytest.raises(IndexError, match="out of range"):
         rec.source[96]
+    with pytest.raises(IndexError, match=r"\[0, 96\)"):
+        rec.source.get_batch(np.array([3, 96]))
 
 
 def test_mock_cifar_flips_and_test_split_without(mock):

@@ -44,15 +44,32 @@ def example_keys(seed: int, epoch: int, indices: np.ndarray, stream: int) -> np.
 def uniform_from_keys(keys: np.ndarray, shape: tuple[int, ...] = ()) -> np.ndarray:
     """float32 uniforms in ``[0, 1)``: ``[*keys.shape, *shape]``, one stream per key.
 
-    Uses the top 24 bits of each hash, so every value is exactly representable in float32 and
-    strictly below 1.
+    Element ``j`` of key ``k``'s stream comes from the hash of ``k ^ (j // 2) * golden``: each 64-bit
+    hash gives two 24-bit uniforms (bits 40..63 and 0..23), exactly representable in float32 and
+    strictly below 1. Computed in place (the cost of dequantizing a batch).
     """
+    keys = np.asarray(keys, dtype=np.uint64)
     size = int(np.prod(shape, dtype=np.int64))
+    half = (size + 1) // 2
     with np.errstate(over="ignore"):
-        counters = np.arange(size, dtype=np.uint64) * _GOLDEN
-    h = mix64(keys.astype(np.uint64)[..., None] ^ counters)
-    u = (h >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
-    return u.reshape(keys.shape + tuple(shape))
+        z = np.arange(half, dtype=np.uint64) * _GOLDEN
+        z = keys.reshape(-1, 1) ^ z[None, :]
+        z += _GOLDEN
+        t = z >> np.uint64(30)
+        z ^= t
+        z *= _M1
+        np.right_shift(z, np.uint64(27), out=t)
+        z ^= t
+        z *= _M2
+        np.right_shift(z, np.uint64(31), out=t)
+        z ^= t
+    u = np.empty((keys.size, 2 * half), np.float32)
+    np.right_shift(z, np.uint64(40), out=t)
+    u[:, 0::2] = t
+    z &= np.uint64(0xFFFFFF)
+    u[:, 1::2] = z
+    u *= np.float32(2.0**-24)
+    return u[:, :size].reshape(keys.shape + tuple(shape))
 
 
 def permutation(seed: int, epoch: int, n: int) -> np.ndarray:

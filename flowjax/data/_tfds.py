@@ -107,7 +107,13 @@ class TfdsSource:
 
     def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The examples at ``indices``, stacked: ``{"image": [B, H, W, C], "label": [B]}``."""
-        keys = [int(i) for i in np.asarray(indices)]
+        indices = np.asarray(indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= self._len):
+            raise IndexError(
+                f"indices must lie in [0, {self._len}) for {self.name}[{self.split}]; got "
+                f"min {indices.min()}, max {indices.max()}"
+            )
+        keys = [int(i) for i in indices]
         n = min(self.num_threads, max(1, len(keys) // 16))
         if n == 1:
             return stack_examples(self._read(keys))
