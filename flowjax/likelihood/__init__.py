@@ -1,6 +1,6 @@
 """Exact log-likelihoods of flow / probability-flow ODE models, and bits per dimension."""
 
-from flowjax.likelihood._dequantize import bits_per_dim, dequantize, to_model_range
+from flowjax.likelihood._bpd import bits_per_dim
 from flowjax.likelihood._divergence import exact_divergence, hutchinson_divergence
 from flowjax.likelihood._images import image_bits_per_dim
 from flowjax.likelihood._ode import (
@@ -14,11 +14,9 @@ __all__ = [
     "LikelihoodResult",
     "bits_per_dim",
     "default_time_range",
-    "dequantize",
     "exact_divergence",
     "hutchinson_divergence",
     "image_bits_per_dim",
     "log_likelihood",
     "sample_with_log_prob",
-    "to_model_range",
 ]

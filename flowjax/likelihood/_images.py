@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from flowjax.likelihood._dequantize import bits_per_dim, dequantize, to_model_range
+from flowjax.data import dequantize
+from flowjax.likelihood._bpd import bits_per_dim
 from flowjax.likelihood._ode import LikelihoodResult, log_likelihood
 from flowjax.paths import AbstractPath
 
@@ -31,7 +32,8 @@ def image_bits_per_dim(
     """Bits per dimension of integer images ``{0..L-1}`` (uniform dequantization bound).
 
     Averages ``log p`` over ``num_dequantizations`` draws of the dequantization noise, then applies
-    :func:`bits_per_dim` (``+ log2(L) - log2(hi - lo)``; ``+7`` for 8-bit data in ``[-1, 1]``).
+    :func:`bits_per_dim` (``+ log2(L) - log2(hi - lo)``; ``+7`` for 8-bit data in ``[-1, 1]``). The
+    dequantization is ``flowjax.data.dequantize``.
     ``likelihood_kwargs`` go to :func:`log_likelihood` (prediction, divergence, solver, ...);
     the returned result is that of the last draw.
     """
@@ -41,7 +43,7 @@ def image_bits_per_dim(
     result = None
     for k in jax.random.split(key, num_dequantizations):
         k_deq, k_probe = jax.random.split(k)
-        x = to_model_range(dequantize(k_deq, images, num_levels=num_levels), data_range)
+        x = dequantize(k_deq, images, num_levels, data_range)
         result = log_likelihood(model_fn, path, x, key=k_probe, **likelihood_kwargs)
         log_probs.append(result.log_prob)
     mean_lp = jnp.mean(jnp.stack(log_probs), axis=0)

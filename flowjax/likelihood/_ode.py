@@ -210,7 +210,7 @@ def _check_x(x: Any, name: str = "x") -> Array:
         raise TypeError(
             f"{name} has integer dtype {arr.dtype} (discrete data such as 8-bit images?): a density "
             "needs continuous inputs. Dequantize first, e.g. "
-            "flowjax.likelihood.to_model_range(flowjax.likelihood.dequantize(key, x, num_levels=256)), "
+            "flowjax.data.dequantize(key, x, num_levels=256) (to [-1, 1)), "
             "or use flowjax.likelihood.image_bits_per_dim(..., num_levels=...) which does it for you."
         )
     arr = v.require_floating(arr, name)
