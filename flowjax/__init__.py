@@ -8,9 +8,11 @@ conversions. Submodules:
 * :mod:`flowjax.parameterization` — conversions between velocity, score, eps, x1 and v.
 * :mod:`flowjax.oracle` — exact Gaussian-mixture ground truth on any path.
 * :mod:`flowjax.distances` — energy distance, MMD, sliced Wasserstein.
+* :mod:`flowjax.data` — toy 2-D sets, digits, tensorflow-datasets sources; resumable iterators.
+* :mod:`flowjax.likelihood` — exact log-likelihood (exact / Hutchinson divergence), bits/dim.
 """
 
-from flowjax import distances, oracle, parameterization, paths
+from flowjax import data, distances, likelihood, oracle, parameterization, paths
 from flowjax._validation import checked, checking
 from flowjax.oracle import GaussianMixture
 from flowjax.parameterization import convert
@@ -43,8 +45,10 @@ __all__ = [
     "checked",
     "checking",
     "convert",
+    "data",
     "distances",
     "get_path",
+    "likelihood",
     "oracle",
     "parameterization",
     "paths",

@@ -34,6 +34,7 @@ from flowjax.paths import PREDICTIONS, AbstractPath, CondOT
 
 __all__ = [
     "GaussianMixture",
+    "OracleModel",
     "eight_gaussians",
     "two_modes_1d",
     "two_modes_2d",
@@ -232,14 +233,14 @@ class GaussianMixture(eqx.Module):
         """The denoiser ``E[x1 | x_t = x]``."""
         return self.predict("x1", path, x, t, labels)
 
-    def model_fn(self, path: AbstractPath, prediction: str = "velocity"):
-        """A ``model_fn(x, t[, labels])`` returning this mixture's exact prediction: a perfect model."""
+    def model_fn(self, path: AbstractPath, prediction: str = "velocity") -> OracleModel:
+        """A ``model_fn(x, t[, labels])`` returning this mixture's exact prediction: a perfect model.
+
+        The result is a pytree (the mixture's arrays and the path are its leaves), so jit-compiled
+        samplers and likelihoods reuse their compilation across calls and mixtures.
+        """
         v.choice(prediction, PREDICTIONS, "prediction")
-
-        def fn(x: Array, t: Array, labels: Array | None = None) -> Array:
-            return self.predict(prediction, path, x, t, labels)
-
-        return fn
+        return OracleModel(self, path, prediction)
 
     # ------------------------------------------------------------------ conditioning
     def component(self, k: int) -> GaussianMixture:
@@ -285,6 +286,17 @@ class GaussianMixture(eqx.Module):
         covs = S - jnp.einsum("kim,mj,kjl->kil", gain, A, S)
         covs = 0.5 * (covs + jnp.swapaxes(covs, 1, 2))
         return GaussianMixture(jnp.exp(log_w - jax.nn.logsumexp(log_w)), means, covs)
+
+
+class OracleModel(eqx.Module):
+    """The exact prediction of a :class:`GaussianMixture` as a callable pytree ``fn(x, t[, labels])``."""
+
+    mixture: GaussianMixture
+    path: AbstractPath
+    prediction: str = eqx.field(static=True)
+
+    def __call__(self, x: Array, t: Array, labels: Array | None = None) -> Array:
+        return self.mixture.predict(self.prediction, self.path, x, t, labels)
 
 
 def check_labels(labels: Array, num_classes: int, name: str = "labels") -> None:
