@@ -481,3 +481,20 @@ def test_truncated_event_file_is_reported(tmp_path):
     event.write_bytes(event.read_bytes()[:-3])
     with pytest.raises(ValueError, match=r"corrupt or truncated|checksum"):
         T.read_tensorboard_scalars(tmp_path)
+
+
+def test_create_train_state_copies_its_inputs():
+    """The step donates the state; the caller's params and key must survive."""
+    params = {"w": jnp.ones(3)}
+    key = jax.random.PRNGKey(0)
+    opt = optax.sgd(0.1)
+
+    def loss(p, batch, k):
+        return jnp.mean(batch["x"] @ p["w"]), {}
+
+    step = T.make_train_step(loss, opt, mesh=T.make_mesh(), ema_decay=0.5)
+    for k in (key, jax.random.key(0)):
+        state = step.place_state(T.create_train_state(params, opt, k))
+        step(state, {"x": np.ones((4, 3), np.float32)})
+    assert not params["w"].is_deleted() and not key.is_deleted()
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(jax.random.key(0))), key)

@@ -49,10 +49,11 @@ def create_train_state(
       params: initial parameters (e.g. a Flax ``init``'s ``params``); copied, not aliased.
       optimizer: the optax transformation the train step will apply.
       key: a PRNG key, raw ``uint32[2]`` (``jax.random.PRNGKey``) or typed (``jax.random.key``);
-        stored raw so that checkpoints hold plain arrays.
+        stored raw so that checkpoints hold plain arrays. Copied, like ``params``: the train step
+        donates the state's buffers, and the caller's arrays stay usable.
       ema: keep an exponential moving average of the parameters (initialised to ``params``).
     """
-    key = jnp.asarray(key)
+    key = jnp.array(key)  # a copy: the train step donates the state's buffers
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     if key.dtype != jnp.uint32 or key.shape != (2,):

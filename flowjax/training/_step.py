@@ -107,7 +107,7 @@ class TrainStep:
             return loss, aux
 
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = optax.tree.norm(grads).astype(jnp.float32)
         # optax mixes int32 step counts with floats (Adam's bias correction); it is third-party
         # code, so it runs under standard promotion whatever the caller's setting.
         with jax.numpy_dtype_promotion("standard"):
