@@ -498,3 +498,24 @@ def test_create_train_state_copies_its_inputs():
         step(state, {"x": np.ones((4, 3), np.float32)})
     assert not params["w"].is_deleted() and not key.is_deleted()
     np.testing.assert_array_equal(np.asarray(jax.random.key_data(jax.random.key(0))), key)
+
+
+def test_mesh_shapes_are_checked():
+    n = jax.device_count()
+    assert dict(T.make_mesh().shape) == {"data": n}
+    assert dict(T.make_mesh({"data": -1, "fsdp": 1}).shape) == {"data": n, "fsdp": 1}
+    with pytest.raises(ValueError, match=f"needs {3 * n} devices"):
+        T.make_mesh({"data": 3 * n})
+    with pytest.raises(ValueError, match="at most one"):
+        T.make_mesh({"data": -1, "fsdp": -1})
+    with pytest.raises(ValueError, match="lacks"):
+        T.batch_sharding(T.make_mesh(), ("model",))
+
+
+def test_loop_reports_an_exhausted_iterator_and_shows_progress(capsys):
+    state, step = build()
+    with pytest.raises(RuntimeError, match="exhausted at step 3 of 5"):
+        T.train_loop(state, step, iter([next(ToyIterator(16))] * 3), num_steps=5)
+    state, step = build()
+    T.train_loop(state, step, ToyIterator(16), num_steps=4, progress=True)
+    assert "4/4" in capsys.readouterr().err

@@ -128,7 +128,10 @@ def train_loop(
         also written at the end and when a handled signal arrives.
       progress: show a tqdm bar (default: on process 0 for loops of 1000 steps or more).
       handle_signals: signals that make the loop save and stop after the current step (SIGTERM:
-        preemption). Only installed from the main thread.
+        preemption). Installed from the main thread of a single-process run only: in a
+        multi-process run a signal reaches one process, and all must save together, so the loop
+        asks JAX's preemption sync point (``jax.distributed``'s SIGTERM notifier, through orbax's
+        ``reached_preemption``) at every step instead.
       exit_on_signal: after such a save, ``raise SystemExit(0)`` (a clean exit); else return with
         ``preempted=True``.
       metadata: JSON-serialisable dict stored with every checkpoint.
@@ -247,7 +250,8 @@ def train_loop(
 
     preempted = False
     try:
-        with _SignalFlag(tuple(handle_signals)) as flag:
+        signals = tuple(handle_signals) if jax.process_count() == 1 else ()
+        with _SignalFlag(signals) as flag:
             while step < num_steps:
                 try:
                     batch = next(data_iter)
