@@ -1,0 +1,266 @@
+"""Orbax checkpoints of the train state, the data iterators' positions and metadata.
+
+A checkpoint (one directory per step) holds three items:
+
+* ``state``: the train state (``StandardSave``: sharded arrays, written by all processes together);
+* ``data``: each process's data-iterator state as JSON (``process_<i>.json``: in multi-process runs
+  every process reads its own shard of the data, so every process saves its own position);
+* ``meta``: JSON with the step, the state's layout (path, shape and dtype of every array) and a
+  checksum of every array (:func:`state_fingerprint`), plus the caller's metadata.
+
+Restoring tries the newest step first. A checkpoint that cannot be read, or whose arrays do not
+match their checksums, is moved aside (into ``corrupt/``) with a warning and the previous one is
+tried: a damaged checkpoint is never loaded. A checkpoint whose layout differs from the state
+being restored into is a user error (another model or optimizer) and raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from jaxtyping import PyTree
+from orbax.checkpoint import options as ocp_options
+
+from flowjax.training._state import audit_state, state_fingerprint
+
+
+class CheckpointLayoutError(ValueError):
+    """A checkpoint holds a state of another layout (model, optimizer) than the one restored into."""
+
+
+@dataclasses.dataclass
+class Restored:
+    """What :meth:`Checkpointer.restore` returns."""
+
+    state: PyTree
+    step: int
+    data_state: dict | None
+    metadata: dict
+
+
+def state_layout(state: PyTree) -> list[list]:
+    """``[path, shape, dtype]`` of every array of ``state`` (concrete or abstract)."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        out.append([jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype)])
+    return out
+
+
+class Checkpointer:
+    """Save and restore train states with an orbax ``CheckpointManager`` (asynchronous by default).
+
+    Args:
+      directory: where the step directories live (created if missing).
+      max_to_keep: keep the newest ``max_to_keep`` checkpoints (``None``: all). Keep at least 2 so
+        that a damaged newest checkpoint has a predecessor to fall back to.
+      async_save: write in a background thread; ``save`` returns once the arrays are copied off
+        the devices, so the train step may donate them right away.
+
+    Every process of a multi-process run must make the same calls.
+    """
+
+    def __init__(
+        self, directory: str | Path, *, max_to_keep: int | None = 3, async_save: bool = True
+    ):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+        self.directory = epath.Path(directory).absolute()
+        self.async_save = async_save
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(
+                filename=f"process_{jax.process_index()}.json",
+                multiprocessing_options=ocp_options.MultiprocessingOptions(primary_host=None),
+            ),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """Steps of the checkpoints on disk (finalised ones only), ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest finalised step, or ``None``."""
+        return self._manager.latest_step()
+
+    # -- save ------------------------------------------------------------------------------------
+
+    def save(
+        self,
+        state: PyTree,
+        *,
+        data_state: dict | None = None,
+        metadata: dict | None = None,
+        step: int | None = None,
+    ) -> bool:
+        """Save ``state`` (and the data iterator's state) as step ``state.step``.
+
+        Returns ``False`` (and writes nothing) if that step is already saved.
+
+        Raises:
+          FloatingPointError: the state holds NaN or infinite values (nothing is written).
+        """
+        if step is None:
+            step = int(jax.device_get(state.step))
+        if step in self._manager.all_steps():
+            return False
+        fingerprint, finite = audit_state(state)
+        if not finite:
+            raise FloatingPointError(
+                f"refusing to save a checkpoint at step {step}: the state holds NaN or infinite "
+                "values"
+            )
+        meta = {
+            "step": step,
+            "time": time.time(),
+            "process_count": jax.process_count(),
+            "layout": state_layout(state),
+            "fingerprint": fingerprint,
+            "user": metadata or {},
+        }
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave({"state": data_state}),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+        return True
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether JAX's preemption notice (multi-process runs) asks every process to stop now."""
+        return bool(self._manager.reached_preemption(step))
+
+    def wait_until_finished(self) -> None:
+        """Block until asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    # -- restore ---------------------------------------------------------------------------------
+
+    def restore(self, abstract_state: PyTree, step: int | None = None) -> Restored | None:
+        """Restore the newest readable checkpoint (or ``step``) into ``abstract_state``'s layout.
+
+        Args:
+          abstract_state: ``jax.ShapeDtypeStruct`` leaves with shardings (see ``abstract_state``);
+            the restored arrays get those shardings.
+          step: restore this step only (default: the newest that is intact).
+
+        Returns:
+          ``None`` when there is no intact checkpoint.
+
+        Raises:
+          CheckpointLayoutError: the checkpoint's arrays differ in path, shape or dtype from
+            ``abstract_state``.
+        """
+        self.wait_until_finished()
+        self._manager.reload()
+        steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        want = state_layout(abstract_state)
+        for s in steps:
+            try:
+                meta = self._manager.restore(
+                    s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                ).meta
+                if meta.get("step") != s or "fingerprint" not in meta or "layout" not in meta:
+                    raise ValueError("metadata is incomplete")
+            except Exception as err:
+                self._skip(s, err)
+                continue
+            if meta["layout"] != want:
+                raise CheckpointLayoutError(_layout_diff(meta["layout"], want, s, self.directory))
+            try:
+                state = self._manager.restore(
+                    s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+                ).state
+                got = state_fingerprint(state)
+                if got != meta["fingerprint"]:
+                    bad = [
+                        want[i][0]
+                        for i, (a, b) in enumerate(zip(got, meta["fingerprint"], strict=False))
+                        if a != b
+                    ]
+                    raise ValueError(f"arrays differ from their saved checksums: {bad[:8]}")
+            except Exception as err:
+                self._skip(s, err)
+                continue
+            data_state = self._restore_data(s)
+            return Restored(state=state, step=s, data_state=data_state, metadata=meta["user"])
+        return None
+
+    def _restore_data(self, step: int) -> dict | None:
+        try:
+            return self._manager.restore(
+                step, args=ocp.args.Composite(data=ocp.args.JsonRestore())
+            ).data["state"]
+        except FileNotFoundError:
+            warnings.warn(
+                f"checkpoint step {step} in {self.directory} holds no data-iterator state for "
+                f"process {jax.process_index()} (written by another number of processes?); the "
+                "data iterator starts from its own initial state",
+                stacklevel=3,
+            )
+            return None
+
+    def _skip(self, step: int, err: Exception) -> None:
+        dest = self.directory / "corrupt" / f"{step}-{int(time.time())}"
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} is unreadable or corrupt "
+            f"({type(err).__name__}: {str(err)[:300]}); skipping it and moving it to {dest}",
+            stacklevel=3,
+        )
+        src = self.directory / str(step)
+        if jax.process_index() == 0 and src.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src.rename(dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"flowjax_skip_checkpoint_{step}")
+        self._manager.reload()
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _layout_diff(saved: list, want: list, step: int, directory: Any) -> str:
+    saved_d = {p: (s, d) for p, s, d in saved}
+    want_d = {p: (s, d) for p, s, d in want}
+    diffs = []
+    for p in sorted(set(saved_d) | set(want_d)):
+        a, b = saved_d.get(p), want_d.get(p)
+        if a != b:
+            diffs.append(f"{p}: checkpoint {a}, state {b}")
+    return (
+        f"checkpoint step {step} in {directory} does not match the state being restored "
+        f"(another model or optimizer?); {len(diffs)} difference(s): " + "; ".join(diffs[:8])
+    )
