@@ -1,0 +1,69 @@
+"""Training losses for every parameterization on any Gaussian path.
+
+``make_loss(apply_fn, path, prediction=..., weighting=..., time_sampler=..., ...)`` builds the pure
+``loss_fn(params, batch, key) -> (loss, aux)``; its pieces are public too: the objectives
+(:func:`cfm_loss`, :func:`dsm_loss`, :func:`ddpm_loss`, :func:`x1_loss`, :func:`v_loss`,
+:func:`prediction_loss`), the weightings (:func:`loss_weight`, :func:`conversion_weight`,
+:func:`snr`), the time samplers (:func:`sample_time` and one function per sampler), label dropout
+(:func:`drop_labels`) and the minibatch OT coupling (:func:`couple`, :func:`ot_pairing`).
+"""
+
+from flowjax.losses._conditioning import check_labels, drop_labels, null_labels
+from flowjax.losses._coupling import COUPLINGS, couple, ot_pairing, sinkhorn_pairing
+from flowjax.losses._make_loss import ApplyFn, LossFn, make_loss
+from flowjax.losses._objectives import (
+    LOSSES,
+    REDUCTIONS,
+    cfm_loss,
+    ddpm_loss,
+    dsm_loss,
+    prediction_loss,
+    squared_error,
+    v_loss,
+    x1_loss,
+)
+from flowjax.losses._time_sampling import (
+    DEFAULT_T_MARGIN,
+    TIME_SAMPLERS,
+    antithetic_time,
+    logit_normal_time,
+    sample_time,
+    stratified_time,
+    time_interval,
+    uniform_time,
+)
+from flowjax.losses._weighting import WEIGHTINGS, conversion_weight, loss_weight, snr
+
+__all__ = [
+    "COUPLINGS",
+    "DEFAULT_T_MARGIN",
+    "LOSSES",
+    "REDUCTIONS",
+    "TIME_SAMPLERS",
+    "WEIGHTINGS",
+    "ApplyFn",
+    "LossFn",
+    "antithetic_time",
+    "cfm_loss",
+    "check_labels",
+    "conversion_weight",
+    "couple",
+    "ddpm_loss",
+    "drop_labels",
+    "dsm_loss",
+    "logit_normal_time",
+    "loss_weight",
+    "make_loss",
+    "null_labels",
+    "ot_pairing",
+    "prediction_loss",
+    "sample_time",
+    "sinkhorn_pairing",
+    "snr",
+    "squared_error",
+    "stratified_time",
+    "time_interval",
+    "uniform_time",
+    "v_loss",
+    "x1_loss",
+]

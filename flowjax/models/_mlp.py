@@ -1,0 +1,122 @@
+"""A multilayer perceptron for low-dimensional data ``[B, d]`` (toy 2-D sets, tabular data)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from flowjax import _validation as v
+from flowjax.models._common import ACTIVATIONS, TIME_EMBEDDINGS, check_x, expected_features
+from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels, time_features
+
+__all__ = ["MLP"]
+
+Dtype = Any
+
+
+class MLP(nn.Module):
+    """An MLP ``(x, t[, label]) -> prediction`` for data of shape ``[B, d]``.
+
+    With ``time_embedding="none"`` the network is the plain MLP of ``[x, t]`` (``t`` appended as a raw
+    input, plus the class embedding if any): the benchmark's 3-input MLP for 2-D data. With
+    ``"sinusoidal"`` or ``"fourier"``, ``t`` is embedded, passed through a two-layer MLP (plus the
+    class embedding) and added, through its own linear map, to the pre-activation of every hidden
+    layer.
+
+    Attributes:
+      hidden: widths of the hidden layers (at least one).
+      activation: ``silu``, ``relu``, ``gelu``, ``tanh``, ``elu`` or ``softplus``.
+      time_embedding: ``sinusoidal``, ``fourier`` or ``none``.
+      time_embed_dim: width of the time (and class) embedding; even.
+      num_classes: ``K`` for a class-conditional model (``K + 1`` embeddings, ``K`` the null label).
+      out_dim: output width (default: the input's ``d``).
+      fourier_scale: standard deviation of the Fourier frequencies.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters are ``param_dtype``.
+    """
+
+    hidden: Sequence[int] = (512, 512, 512, 512)
+    activation: str = "silu"
+    time_embedding: str = "sinusoidal"
+    time_embed_dim: int = 64
+    num_classes: int | None = None
+    out_dim: int | None = None
+    fourier_scale: float = 16.0
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        # Sequences from configs may be lists; tuples keep the module hashable (model_fn needs it).
+        object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
+        v.choice(self.activation, tuple(ACTIVATIONS), "activation")
+        v.choice(self.time_embedding, TIME_EMBEDDINGS, "time embedding")
+        if not len(self.hidden) or any(int(w) < 1 for w in self.hidden):
+            raise ValueError(
+                f"hidden must be a non-empty sequence of positive widths; got {self.hidden}"
+            )
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int or None; got {self.num_classes}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[ArrayLike, "B d"],
+        t: Float[ArrayLike, " B"],
+        label: Int[ArrayLike, " B"] | None = None,
+        *,
+        train: bool = False,
+    ) -> Float[Array, "B d"]:
+        """Prediction at ``(x, t)``; ``t`` in [0, 1] (scalar or ``[B]``), ``label`` ``[B]`` or None."""
+        del train  # no dropout in the MLP
+        x = check_x(x, 2, "[B, d]", "MLP")
+        n, d = x.shape
+        expected = expected_features(self, "input", 0)
+        if expected is not None and expected != d:
+            raise ValueError(
+                f"x has shape {x.shape}: {d} features, but this MLP was initialised for inputs of "
+                f"shape [B, {expected}]"
+            )
+        t = batch_time(t, n)
+        label = class_labels(label, n, self.num_classes)
+        act = ACTIVATIONS[self.activation]
+
+        def dense(width, **kw):
+            return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, **kw)
+
+        cls = None
+        if self.num_classes is not None:
+            cls = ClassEmbedding(
+                self.num_classes,
+                self.time_embed_dim,
+                self.dtype,
+                self.param_dtype,
+                name="class_embed",
+            )(label, n)
+
+        if self.time_embedding == "none":
+            cond = t[:, None]
+            if cls is not None:
+                cond = jnp.concatenate([cond, cls.astype(cond.dtype)], axis=1)
+            h = dense(self.hidden[0], name="input")(x)
+            h = act(h + dense(self.hidden[0], use_bias=False, name="cond_input")(cond))
+            for width in self.hidden[1:]:
+                h = act(dense(width)(h))
+        else:
+            emb = time_features(
+                self.time_embedding, t, self.time_embed_dim, fourier_scale=self.fourier_scale
+            )
+            emb = dense(self.time_embed_dim, name="time_mlp_0")(emb)
+            emb = dense(self.time_embed_dim, name="time_mlp_1")(act(emb))
+            if cls is not None:
+                emb = emb + cls.astype(emb.dtype)
+            emb = act(emb)
+            h = x
+            for i, width in enumerate(self.hidden):
+                pre = dense(width, name="input" if i == 0 else f"hidden_{i}")(h)
+                h = act(pre + dense(width, use_bias=False, name=f"cond_{i}")(emb))
+        out = dense(self.out_dim or d, name="output")(h)
+        return out.astype(x.dtype)
