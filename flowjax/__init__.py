@@ -10,9 +10,22 @@ conversions. Submodules:
 * :mod:`flowjax.distances` — energy distance, MMD, sliced Wasserstein.
 * :mod:`flowjax.data` — toy 2-D sets, digits, tensorflow-datasets sources; resumable iterators.
 * :mod:`flowjax.likelihood` — exact log-likelihood (exact / Hutchinson divergence), bits/dim.
+* :mod:`flowjax.losses` — CFM / DSM / DDPM / x1 / v losses, weightings, time samplers, OT coupling.
+* :mod:`flowjax.models` — Flax MLP and U-Net (the only Flax modules), behind a pytree boundary.
+* :mod:`flowjax.training` — train state, optimizer, sharded train step, EMA, checkpoints, metrics.
 """
 
-from flowjax import data, distances, likelihood, oracle, parameterization, paths
+from flowjax import (
+    data,
+    distances,
+    likelihood,
+    losses,
+    models,
+    oracle,
+    parameterization,
+    paths,
+    training,
+)
 from flowjax._validation import checked, checking
 from flowjax.oracle import GaussianMixture
 from flowjax.parameterization import convert
@@ -49,7 +62,10 @@ __all__ = [
     "distances",
     "get_path",
     "likelihood",
+    "losses",
+    "models",
     "oracle",
     "parameterization",
     "paths",
+    "training",
 ]
