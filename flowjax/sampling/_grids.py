@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,14 +105,39 @@ def time_grid(
         ``min(sigma(start), sigma_max)`` and ``sigma(end)``; if ``sigma(start) > sigma_max`` the
         first interval runs from the start to ``sigma = sigma_max`` (EDM's 80 by default).
       rho: EDM's exponent (7); larger puts more steps near the data.
+      dtype: of the result (default: the default float type).
     """
     v.choice(kind, GRID_NAMES, "time_grid")
     if not isinstance(num_steps, int | np.integer) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer; got {num_steps!r}")
     if kind == "edm" and not rho > 0:
         raise ValueError(f"rho must be positive; got {rho!r}")
-    dtype = dtype or jnp.result_type(float)
     _check_ends(t_start, t_end, path)
+    dtype = np.dtype(dtype or jnp.result_type(float))
+    return _time_grid_jit(path, int(num_steps), t_start, t_end, kind, rho, sigma_max, dtype)
+
+
+@eqx.filter_jit
+def _time_grid_jit(path, num_steps, t_start, t_end, kind, rho, sigma_max, dtype):
+    return make_grid(
+        path, num_steps, t_start=t_start, t_end=t_end, kind=kind, rho=rho, sigma_max=sigma_max,
+        dtype=dtype,
+    )  # fmt: skip
+
+
+def make_grid(
+    path: AbstractPath,
+    num_steps: int,
+    *,
+    t_start: Any,
+    t_end: Any,
+    kind: str = "uniform",
+    rho: float = 7.0,
+    sigma_max: float = EDM_SIGMA_MAX,
+    dtype: Any = None,
+) -> Float[Array, " N+1"]:
+    """:func:`time_grid` without the argument checks (for use inside traced code)."""
+    dtype = dtype or jnp.result_type(float)
     t0 = jnp.asarray(t_start, dtype)
     t1 = jnp.asarray(t_end, dtype)
     if kind == "uniform":

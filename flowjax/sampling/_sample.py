@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from flowjax import _validation as v
 from flowjax.paths import PREDICTIONS, AbstractPath
 from flowjax.sampling import _ode, _scan
-from flowjax.sampling._grids import GRID_NAMES, time_grid, validate_grid
+from flowjax.sampling._grids import GRID_NAMES, make_grid, validate_grid
 from flowjax.sampling._guidance import guided_model
 from flowjax.sampling._langevin import corrector
 from flowjax.sampling._model import Field, check_model_output
@@ -192,7 +192,8 @@ def sample(
         parameter values reuse the compiled program. A plain Python closure is a static argument:
         a new closure object recompiles.
       path: the Gaussian path the model was trained on.
-      key: PRNG key; the same key gives the same samples.
+      key: PRNG key; the same key gives the same samples (may be ``None`` for an ODE from a given
+        ``x_start``).
       shape: ``(B, ...)`` of the samples (may be ``None`` if ``x_start`` is given).
       prediction: ``velocity``, ``score``, ``eps``, ``x1`` or ``v``.
       method: ``"ode"`` (``sigma = 0``); ``"sde"`` (the SDE extension with noise ``sigma``);
@@ -250,6 +251,8 @@ def sample(
             f"sigma={sigma!r} has no effect with method={method!r}; use method='sde' (or 'pc') "
             "for a stochastic sampler"
         )
+    if adaptive and method not in ("ode", "sde"):
+        raise ValueError(f"adaptive=True is for method 'ode' or 'sde'; got method={method!r}")
     stochastic = method == "sde" or (method == "pc" and not sched.is_zero)
     get_solver(solver, stochastic=stochastic, adaptive=bool(adaptive))  # validates the name
     corrector_steps = _check_positive_int(corrector_steps, "corrector_steps", 0)
@@ -261,13 +264,14 @@ def sample(
             f"method={method!r} has no corrector"
         )
     snr = _check_positive(snr, "snr")
-    if adaptive and method not in ("ode", "sde"):
-        raise ValueError(f"adaptive=True is for method 'ode' or 'sde'; got method={method!r}")
     num_steps = _check_positive_int(num_steps, "num_steps")
     max_steps = _check_positive_int(max_steps, "max_steps")
     if adaptive:
         rtol, atol = _check_positive(rtol, "rtol"), _check_positive(atol, "atol")
     rho = _check_positive(rho, "rho")
+
+    if key is None and (x_start is None or method != "ode"):
+        raise ValueError("key is required unless method='ode' starts from a given x_start")
 
     # ---------------------------------------------------------------- state
     if x_start is not None:
@@ -407,7 +411,7 @@ def _sample_jit(
     cfg: _Config,
 ) -> SampleResult:
     dtype = cfg.dtype
-    k_prior, k_noise, k_corr = jax.random.split(key, 3)
+    k_prior, k_noise, k_corr = (None,) * 3 if key is None else jax.random.split(key, 3)
     if x_start is None:
         t_first = grid_arr[0] if grid_arr is not None else cfg.t_start
         std = path.beta(jnp.asarray(t_first, dtype)).astype(dtype)
@@ -415,14 +419,14 @@ def _sample_jit(
     else:
         x0 = x_start
     if sharding is not None:
-        x0 = jax.lax.with_sharding_constraint(x0, sharding)
+        x0 = jax.device_put(x0, sharding)
     check_model_output(model, x0)
     field = Field(model, path, cfg.prediction)
 
     if grid_arr is not None:
         grid = grid_arr
     elif not cfg.adaptive:
-        grid = time_grid(
+        grid = make_grid(
             path,
             cfg.num_steps,
             t_start=cfg.t_start,
