@@ -116,7 +116,7 @@ def _fsal_state(
     state = solver.init(terms, t0, t1, x0, None)
     if not (isinstance(state, tuple) and len(state) == 2):
         return None
-    first_step, f0 = state
+    first_step, _ = state
     if jnp.shape(first_step) != () or jnp.asarray(first_step).dtype != jnp.bool_:
         return None
     return jnp.array(False), terms.vf(t0, x0, None)
