@@ -83,10 +83,26 @@ def mlp_apply(params: list[tuple], x: jax.Array, t: jax.Array) -> jax.Array:
     return h @ w + b
 
 
-def solver_overhead(batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
-    """Ratios ``time(N Euler steps) / time(N bare model evaluations)`` for both backends."""
+def oracle_apply(mix: fj.GaussianMixture, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The 8-Gaussians oracle's CondOT velocity: a model far cheaper than the MLP."""
+    return mix.predict("velocity", fj.CondOT(), x, t)
+
+
+def solver_overhead(
+    batch: int, num_steps: int, repeats: int, model: str = "mlp", sde: bool = False
+) -> dict[str, Any]:
+    """Ratios ``time(N Euler steps) / time(N bare model evaluations)`` for both backends.
+
+    ``model="mlp"``: the 4x512 MLP; ``model="oracle"``: the Gaussian-mixture oracle, cheap enough
+    that the solvers' own per-step cost shows. ``sde=True``: Euler-Maruyama with ``sigma = 0.5``
+    (the noise draws count as solver cost).
+    """
+    extra = dict(method="sde", sigma=0.5) if sde else {}
     path = fj.CondOT()
-    params = init_mlp(jax.random.PRNGKey(0))
+    if model == "mlp":
+        params, apply = init_mlp(jax.random.PRNGKey(0)), mlp_apply
+    else:
+        params, apply = fj.oracle.eight_gaussians(), oracle_apply
     key = jax.random.PRNGKey(1)
     x0 = jax.random.normal(key, (batch, 2))
 
@@ -94,7 +110,7 @@ def solver_overhead(batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
     def bare(params, x):
         def body(i, x):
             t = jnp.full((x.shape[0],), i / num_steps, x.dtype)
-            return mlp_apply(params, x, t)
+            return apply(params, x, t)
 
         return jax.lax.fori_loop(0, num_steps, body, x)
 
@@ -102,9 +118,9 @@ def solver_overhead(batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
         # The sampler inside one user-level jit: Python-side validation is paid at trace time.
         @jax.jit
         def run(params, key):
-            model = jax.tree_util.Partial(mlp_apply, params)
+            model = jax.tree_util.Partial(apply, params)
             return sample(
-                model, path, key, (batch, 2), num_steps=num_steps, backend=backend
+                model, path, key, (batch, 2), num_steps=num_steps, backend=backend, **extra
             ).samples
 
         return run
@@ -112,8 +128,10 @@ def solver_overhead(batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
     scan_prog, diffrax_prog = program("scan"), program("diffrax")
 
     def direct(backend: str):  # sample() called from Python each time (validation included)
-        model = jax.tree_util.Partial(mlp_apply, params)
-        return lambda: sample(model, path, key, (batch, 2), num_steps=num_steps, backend=backend)
+        model = jax.tree_util.Partial(apply, params)
+        return lambda: sample(
+            model, path, key, (batch, 2), num_steps=num_steps, backend=backend, **extra
+        )
 
     times = _alternate(
         {
@@ -130,6 +148,8 @@ def solver_overhead(batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
         return statistics.median(a / b for a, b in zip(times[name], times["bare"], strict=True))
 
     return {
+        "model": model,
+        "method": "sde" if sde else "ode",
         "batch": batch,
         "num_steps": num_steps,
         "repeats": repeats,
@@ -232,7 +252,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         overhead_cfg = [(1, 200, 15), (64, 200, 15), (10_000, 20, 7)]
         paths = {"condot": fj.CondOT(), "vp_linear": fj.VPLinear(), "ve": fj.VE()}
         qual = quality(False, 2000, 5, paths)
-    overhead = [solver_overhead(b, n, r) for b, n, r in overhead_cfg]
+    overhead = [solver_overhead(b, n, r, "mlp") for b, n, r in overhead_cfg]
+    for sde in (False, True):
+        overhead += [solver_overhead(b, 200, 3 * r, "oracle", sde) for b, _, r in overhead_cfg]
     return {
         "benchmark": "sampling",
         "quick": quick,
@@ -243,13 +265,13 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _print(result: dict[str, Any]) -> None:
-    print("Solver overhead: time(N Euler steps) / time(N bare MLP evaluations in one jit)")
+    print("Solver overhead: time(N Euler steps) / time(N bare model evaluations in one jit)")
     print("  (prog: sampler inside a user jit; call: sample() from Python each time)")
-    hdr = f"{'batch':>7} {'N':>5} {'bare ms':>9} {'scan':>7} {'diffrax':>8} {'scan call':>10} {'dfx call':>9} {'dfx/scan':>9}"
+    hdr = f"{'model':>6} {'method':>6} {'batch':>7} {'N':>5} {'bare ms':>9} {'scan':>7} {'diffrax':>8} {'scan call':>10} {'dfx call':>9} {'dfx/scan':>9}"
     print(hdr)
     for r in result["overhead"]:
         print(
-            f"{r['batch']:>7} {r['num_steps']:>5} {r['bare_ms']:>9.3f} {r['scan_ratio']:>7.3f} "
+            f"{r['model']:>6} {r['method']:>6} {r['batch']:>7} {r['num_steps']:>5} {r['bare_ms']:>9.3f} {r['scan_ratio']:>7.3f} "
             f"{r['diffrax_ratio']:>8.3f} {r['scan_call_ratio']:>10.3f} "
             f"{r['diffrax_call_ratio']:>9.3f} {r['diffrax_over_scan']:>9.3f}"
         )

@@ -233,8 +233,9 @@ def sample(
         otherwise). The two agree on one grid (the same noise for the same key).
       x_start: the starting state instead of a draw from the prior ``N(0, beta(t_start)^2 I)``
         (e.g. data, to integrate an ODE backwards to noise).
-      sharding: optional sharding of the batch (e.g. ``NamedSharding(mesh, P("data"))``); the
-        samples are the same as unsharded (JAX's partitionable PRNG).
+      sharding: optional sharding of the batch, e.g. ``NamedSharding(mesh, P("data"))`` on a mesh
+        with ``AxisType.Auto`` axes (GSPMD data parallelism). The prior draw and the noise use
+        JAX's partitionable PRNG, so the samples equal the unsharded ones up to rounding.
 
     Returns:
       A :class:`SampleResult`.
