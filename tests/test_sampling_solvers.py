@@ -1,0 +1,212 @@
+"""Solvers: NFE bookkeeping, convergence order, ODE round trips, backend agreement, grids."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowjax as fj
+from flowjax.oracle import eight_gaussians, two_modes_2d
+from flowjax.sampling import ODE_SOLVERS, SDE_SOLVERS, noise_to_signal, sample, time_grid
+
+# ------------------------------------------------------------------ NFE against a call counter
+
+# Fast suite: one non-FSAL fixed solver, one FSAL adaptive solver (with rejected steps), one
+# adaptive SDE solver; every other solver runs under --runslow.
+# (Bosh3 at this tolerance rejects its first step: the FSAL start state must not be re-evaluated.)
+_FAST_NFE = {("ode", "euler", False), ("ode", "bosh3", True), ("sde", "shark", True)}
+
+
+def _nfe_cases():
+    for table, method in ((ODE_SOLVERS, "ode"), (SDE_SOLVERS, "sde")):
+        for name, spec in table.items():
+            for adaptive in (False, True) if spec.adaptive else (False,):
+                case = (method, name, adaptive)
+                marks = () if case in _FAST_NFE else (pytest.mark.slow,)
+                yield pytest.param(*case, marks=marks, id=f"{method}-{name}-{adaptive}")
+
+
+def _counted(path, calls, prediction="velocity"):
+    base = two_modes_2d().model_fn(path, prediction)
+
+    def fn(x, t):
+        jax.debug.callback(lambda: calls.append(x.shape[0]))
+        return base(x, t)
+
+    return fn
+
+
+@pytest.mark.parametrize(("method", "solver", "adaptive"), list(_nfe_cases()))
+def test_nfe_counts_every_model_call(method, solver, adaptive):
+    path = fj.CondOT()
+    calls = []
+    kw = dict(sigma=1.0, backend="diffrax") if method == "sde" else {}
+    tol = 1e-2 if method == "sde" else 1e-4
+    res = sample(
+        _counted(path, calls),
+        path,
+        jax.random.PRNGKey(0),
+        (16, 2),
+        method=method,
+        solver=solver,
+        adaptive=adaptive,
+        num_steps=10,
+        rtol=tol,
+        atol=tol,
+        **kw,
+    )
+    jax.block_until_ready(res)
+    assert int(res.nfe) == len(calls)
+    if adaptive:
+        assert int(res.num_accepted) + int(res.num_rejected) > 0
+    else:
+        assert (int(res.num_accepted), int(res.num_rejected)) == (10, 0)
+
+
+@pytest.mark.parametrize("solver", ["euler", pytest.param("tsit5", marks=pytest.mark.slow)])
+def test_nfe_pc_langevin_and_denoise(solver):
+    path = fj.CondOT()
+    calls = []
+    res = sample(
+        _counted(path, calls),
+        path,
+        jax.random.PRNGKey(0),
+        (8, 2),
+        method="pc",
+        solver=solver,
+        corrector_steps=2,
+        num_steps=5,
+        denoise_final=True,
+        backend="diffrax",
+    )
+    jax.block_until_ready(res)
+    per_step = 2 + ODE_SOLVERS[solver].nfe(1)
+    assert int(res.nfe) == len(calls) == 5 * per_step + 1
+    calls.clear()
+    res = sample(
+        _counted(path, calls), path, jax.random.PRNGKey(0), (8, 2), method="langevin",
+        corrector_steps=3, num_steps=4,
+    )  # fmt: skip
+    jax.block_until_ready(res)
+    assert int(res.nfe) == len(calls) == 12
+
+
+# ------------------------------------------------------------------ convergence order
+
+
+def _final_error(path, x0, solver, n, ref):
+    model = two_modes_2d().model_fn(path)
+    res = sample(model, path, None, None, x_start=x0, solver=solver, num_steps=n, backend="auto")
+    return float(jnp.max(jnp.abs(res.samples - ref)))
+
+
+@pytest.mark.parametrize(
+    "path", [fj.CondOT(), pytest.param(fj.VE(), marks=pytest.mark.slow)], ids=["condot", "ve"]
+)
+def test_convergence_order(path, x64):
+    # Global error of a p-th order method falls by 2^p per halving of the step: Euler ~2x, Heun ~4x,
+    # measured against a tight adaptive Tsit5 solution in float64.
+    x0 = path.prior_sample(jax.random.PRNGKey(0), (64, 2))
+    model = two_modes_2d().model_fn(path)
+    ref = sample(
+        model, path, None, None, x_start=x0, solver="tsit5", adaptive=True, rtol=1e-11,
+        atol=1e-11, max_steps=100_000,
+    ).samples  # fmt: skip
+    for solver, order, steps in (("euler", 1, (40, 80, 160)), ("heun", 2, (40, 80, 160))):
+        errs = [_final_error(path, x0, solver, n, ref) for n in steps]
+        ratios = np.array(errs[:-1]) / np.array(errs[1:])
+        target = 2.0**order
+        assert np.all(np.abs(np.log2(ratios) - order) < 0.25), (solver, errs, ratios, target)
+
+
+# ------------------------------------------------------------------ ODE round trip
+
+
+@pytest.mark.parametrize(
+    "path",
+    [fj.CondOT(), pytest.param(fj.VPLinear(), marks=pytest.mark.slow)],
+    ids=["condot", "vp_linear"],
+)
+def test_ode_round_trip(path, x64):
+    model = eight_gaussians().model_fn(path)
+    x0 = path.prior_sample(jax.random.PRNGKey(1), (128, 2))
+    kw = dict(solver="dopri5", adaptive=True, rtol=1e-9, atol=1e-9)
+    fwd = sample(model, path, None, None, x_start=x0, **kw)
+    t0, t1 = path.t_min, path.t_max
+    back = sample(model, path, None, None, x_start=fwd.samples, t_start=t1, t_end=t0, **kw)
+    # The flow map is not contracting either way; 1e-6 is ~1000x the per-step tolerance.
+    np.testing.assert_allclose(back.samples, x0, atol=1e-6)
+    assert float(jnp.max(jnp.abs(fwd.samples - x0))) > 1.0  # it did go somewhere
+
+
+# ------------------------------------------------------------------ backends agree on one grid
+
+
+@pytest.mark.parametrize(
+    ("method", "kw"),
+    [
+        ("ode", {}),
+        pytest.param("ode", {"time_grid": "edm"}, marks=pytest.mark.slow),
+        ("sde", {"sigma": 0.7}),
+        pytest.param("sde", {"sigma": "reverse", "time_grid": "edm"}, marks=pytest.mark.slow),
+        pytest.param("pc", {"sigma": 0.5, "corrector_steps": 1}, marks=pytest.mark.slow),
+    ],
+    ids=["ode", "ode-edm", "sde", "reverse-edm", "pc"],
+)
+def test_scan_matches_diffrax(method, kw):
+    path = fj.VPLinear()
+    model = eight_gaussians().model_fn(path)
+    save = jnp.array([0.2, 0.55, 0.9])
+    key = jax.random.PRNGKey(3)
+    kw = dict(method=method, num_steps=60, save_times=save, **kw)
+    s = sample(model, path, key, (256, 2), backend="scan", **kw)
+    d = sample(model, path, key, (256, 2), backend="diffrax", **kw)
+    np.testing.assert_allclose(s.samples, d.samples, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(s.trajectory, d.trajectory, rtol=2e-5, atol=2e-5)
+    assert int(s.nfe) == int(d.nfe)
+
+
+def test_trajectory_ends_at_samples():
+    path = fj.CondOT()
+    model = eight_gaussians().model_fn(path)
+    res = sample(model, path, jax.random.PRNGKey(0), (32, 2), save_times=jnp.array([0.0, 1.0]))
+    assert res.trajectory.shape == (32, 2, 2)
+    np.testing.assert_array_equal(res.trajectory[:, -1], res.samples)
+    np.testing.assert_allclose(res.ts, [0.0, 1.0])
+    assert float(jnp.std(res.trajectory[:, 0])) == pytest.approx(1.0, abs=0.2)  # the prior
+
+
+# ------------------------------------------------------------------ time grids
+
+
+def test_uniform_grid_endpoints():
+    path = fj.VPLinear()
+    g = time_grid(path, 10, t_start=0.0, t_end=path.t_max)
+    assert g.shape == (11,)
+    assert float(g[0]) == 0.0 and float(g[-1]) == np.float32(path.t_max)
+    np.testing.assert_allclose(np.diff(np.asarray(g)), path.t_max / 10, rtol=1e-5)
+
+
+def test_edm_grid_is_rho_spaced_in_sigma(x64):
+    path = fj.VE()  # sigma(0) = 50 < 80: no cap
+    g = time_grid(path, 12, t_start=0.0, t_end=1.0, kind="edm", rho=7.0)
+    k = np.asarray(noise_to_signal(path, g)) ** (1 / 7)
+    np.testing.assert_allclose(np.diff(k), np.diff(k)[0], rtol=1e-9)
+    assert float(g[0]) == 0.0 and float(g[-1]) == 1.0
+
+
+def test_edm_grid_on_edm_path_is_uniform(x64):
+    path = fj.EDM()  # its time *is* EDM's rho-warped noise level (sigma_max = 80, rho = 7)
+    g = time_grid(path, 18, t_start=0.0, t_end=1.0, kind="edm", rho=7.0)
+    np.testing.assert_allclose(g, np.linspace(0, 1, 19), atol=1e-12)
+
+
+def test_edm_grid_caps_infinite_sigma(x64):
+    path = fj.CondOT()  # sigma(0) = inf: the first step goes to sigma = 80
+    g = np.asarray(time_grid(path, 10, t_start=0.0, t_end=1.0, kind="edm"))
+    assert g[0] == 0.0 and g[-1] == 1.0
+    assert float(noise_to_signal(path, g[1])) == pytest.approx(80.0, rel=1e-9)
+    k = np.asarray(noise_to_signal(path, g[1:])) ** (1 / 7)
+    np.testing.assert_allclose(np.diff(k), np.diff(k)[0], rtol=1e-7)
+    back = np.asarray(time_grid(path, 10, t_start=1.0, t_end=0.0, kind="edm"))
+    np.testing.assert_allclose(back, g[::-1])
