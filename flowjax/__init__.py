@@ -12,6 +12,8 @@ conversions. Submodules:
 * :mod:`flowjax.likelihood` — exact log-likelihood (exact / Hutchinson divergence), bits/dim.
 * :mod:`flowjax.losses` — CFM / DSM / DDPM / x1 / v losses, weightings, time samplers, OT coupling.
 * :mod:`flowjax.models` — Flax MLP and U-Net (the only Flax modules), behind a pytree boundary.
+* :mod:`flowjax.sampling` — one ``sample()``: flow / probability-flow ODE, SDE of any sigma_t,
+  Langevin and predictor-corrector, classifier-free guidance, NFE reported.
 * :mod:`flowjax.training` — train state, optimizer, sharded train step, EMA, checkpoints, metrics.
 """
 
@@ -41,6 +43,7 @@ from flowjax.paths import (
     VPLinear,
     get_path,
 )
+from flowjax.sampling import SampleResult, sample
 
 __version__ = "0.1.0"
 
@@ -52,6 +55,7 @@ __all__ = [
     "CondOT",
     "GaussianMixture",
     "GaussianPath",
+    "SampleResult",
     "SubVP",
     "VPCosine",
     "VPLinear",
@@ -67,5 +71,7 @@ __all__ = [
     "oracle",
     "parameterization",
     "paths",
+    "sample",
+    "sampling",
     "training",
 ]

@@ -178,7 +178,9 @@ class GaussianMixture(eqx.Module):
             )
         check_labels(labels, self.num_components)
         masked = jnp.where(
-            jnp.arange(self.num_components)[None, :] == labels[:, None], 0.0, -jnp.inf
+            jnp.arange(self.num_components, dtype=labels.dtype)[None, :] == labels[:, None],
+            0.0,
+            -jnp.inf,
         )
         in_axes = (0, 0 if t.ndim else None, 0 if t.ndim else None, 0)
         return jax.vmap(self._stats_one, in_axes=in_axes)(x, alpha, beta, masked)
