@@ -243,6 +243,18 @@ def test_dps_and_pigdm_on_images_any_prediction_same_samples():
         assert 0.7 < float(jnp.std(x[:, 2:])) < 1.3
 
 
+def test_guidance_start_switches_the_measurement_term_off_before_it():
+    mix, path, op = eight_gaussians(), fj.CondOT(), first_coordinate()
+    prior = mix.model_fn(path)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+    t = jnp.array([0.3, 0.5, 0.7, 0.9])
+    for build in (I.dps, I.pigdm):
+        model = build(prior, op, Y, path=path, noise_std=NOISE, guidance_start=0.6)
+        out, base = call(model, x, t), call(prior, x, t)
+        np.testing.assert_array_equal(out[:2], base[:2])
+        assert float(jnp.min(jnp.abs(out[2:] - base[2:]))) > 1e-3
+
+
 # ------------------------------------------------------------------ bad input
 
 
