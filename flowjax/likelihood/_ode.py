@@ -221,6 +221,56 @@ def _stderr(L: Array, divergence: str) -> Array:
     return jnp.std(L, axis=-1, ddof=1) / math.sqrt(k)
 
 
+def _time_range(
+    path: AbstractPath, prediction: str, t_start: float | None, t_end: float | None
+) -> tuple[float, float]:
+    d0, d1 = default_time_range(path, prediction)
+    t0 = d0 if t_start is None else float(t_start)
+    t1 = d1 if t_end is None else float(t_end)
+    v.check_time_range(jnp.asarray([t0, t1]), path.t_min, path.t_max, "t_start/t_end")
+    if not t0 < t1:
+        raise ValueError(f"t_start must be below t_end; got t_start={t0}, t_end={t1}")
+    return t0, t1
+
+
+def _integrate(
+    model_fn: Callable[..., Array],
+    path: AbstractPath,
+    start: Array,
+    *,
+    t_from: float,
+    t_to: float,
+    keys: Array,
+    cond: Any,
+    prior_log_prob: Callable[[Array], Array] | None,
+    divergence: str,
+    **options: Any,
+) -> tuple[Array, LikelihoodResult]:
+    """Solve from ``start`` at ``t_from`` to ``t_to``; the noise end's state is the latent."""
+    end, L, nfe, steps, rejected, ok = _solve_jit(
+        model_fn, path, start, keys, cond, t0=t_from, t1=t_to, divergence=divergence,
+        has_cond=cond is not None, **options,
+    )  # fmt: skip
+    backwards = t_to < t_from
+    z = end if backwards else start
+    prior = (prior_log_prob or path.prior_log_prob)(z)
+    # L accumulates -div u from t_from: at the data end it is log p_end - log p_start (forwards);
+    # at the noise end its negative (backwards).
+    delta = -jnp.mean(L, axis=-1) if backwards else jnp.mean(L, axis=-1)
+    result = LikelihoodResult(
+        log_prob=prior + delta,
+        prior_log_prob=prior,
+        delta_log_prob=delta,
+        stderr=_stderr(L, divergence),
+        latent=z,
+        nfe=nfe,
+        num_steps=steps,
+        num_rejected=rejected,
+        success=ok,
+    )
+    return (start if backwards else end), result
+
+
 def log_likelihood(
     model_fn: Callable[..., Array],
     path: AbstractPath,
@@ -263,47 +313,15 @@ def log_likelihood(
     """
     _options(divergence, probe, num_probes, prediction)
     x = _check_x(x)
-    d0, d1 = default_time_range(path, prediction)
-    t0 = d0 if t_start is None else float(t_start)
-    t1 = d1 if t_end is None else float(t_end)
-    v.check_time_range(jnp.asarray([t0, t1]), path.t_min, path.t_max, "t_start/t_end")
-    if not t0 < t1:
-        raise ValueError(f"t_start must be below t_end; got t_start={t0}, t_end={t1}")
+    t0, t1 = _time_range(path, prediction, t_start, t_end)
     keys = _keys(key, x, divergence)
     cond = jax.tree.map(lambda c: _shard_like_batch(jnp.asarray(c), x), cond)
-    z, L, nfe, steps, rejected, ok = _solve_jit(
-        model_fn,
-        path,
-        x,
-        keys,
-        cond,
-        prediction=prediction,
-        divergence=divergence,
-        num_probes=num_probes,
-        probe=probe,
-        solver=solver,
-        num_steps=num_steps,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-        t0=t1,  # backwards: from the data end to the noise end
-        t1=t0,
-        divergence_chunk=divergence_chunk,
-        has_cond=cond is not None,
-    )
-    prior = (prior_log_prob or path.prior_log_prob)(z)
-    delta = -jnp.mean(L, axis=-1)  # log p_end(x) - log p_start(z)
-    return LikelihoodResult(
-        log_prob=prior + delta,
-        prior_log_prob=prior,
-        delta_log_prob=delta,
-        stderr=_stderr(L, divergence),
-        latent=z,
-        nfe=nfe,
-        num_steps=steps,
-        num_rejected=rejected,
-        success=ok,
-    )
+    return _integrate(
+        model_fn, path, x, keys=keys, cond=cond, prior_log_prob=prior_log_prob,
+        prediction=prediction, divergence=divergence, num_probes=num_probes, probe=probe,
+        solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, max_steps=max_steps,
+        divergence_chunk=divergence_chunk, t_from=t1, t_to=t0,  # backwards: data end to noise end
+    )[1]  # fmt: skip
 
 
 def sample_with_log_prob(
@@ -336,43 +354,12 @@ def sample_with_log_prob(
     _options(divergence, probe, num_probes, prediction)
     if len(shape) < 1:
         raise ValueError(f"shape must be (B, ...) with a batch axis; got {shape}")
-    d0, d1 = default_time_range(path, prediction)
-    t0 = d0 if t_start is None else float(t_start)
-    t1 = d1 if t_end is None else float(t_end)
+    t0, t1 = _time_range(path, prediction, t_start, t_end)
     k_z, k_probe = jax.random.split(key)
     z = path.prior_sample(k_z, tuple(shape))
-    keys = jax.random.split(k_probe, shape[0])
-    x, L, nfe, steps, rejected, ok = _solve_jit(
-        model_fn,
-        path,
-        z,
-        keys,
-        cond,
-        prediction=prediction,
-        divergence=divergence,
-        num_probes=num_probes,
-        probe=probe,
-        solver=solver,
-        num_steps=num_steps,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-        t0=t0,
-        t1=t1,
-        divergence_chunk=divergence_chunk,
-        has_cond=cond is not None,
-    )
-    prior = (prior_log_prob or path.prior_log_prob)(z)
-    delta = jnp.mean(L, axis=-1)  # L(t_end) = log p_end(x) - log p_start(z)
-    result = LikelihoodResult(
-        log_prob=prior + delta,
-        prior_log_prob=prior,
-        delta_log_prob=delta,
-        stderr=_stderr(L, divergence),
-        latent=z,
-        nfe=nfe,
-        num_steps=steps,
-        num_rejected=rejected,
-        success=ok,
-    )
-    return x, result
+    return _integrate(
+        model_fn, path, z, keys=jax.random.split(k_probe, shape[0]), cond=cond,
+        prior_log_prob=prior_log_prob, prediction=prediction, divergence=divergence,
+        num_probes=num_probes, probe=probe, solver=solver, num_steps=num_steps, rtol=rtol,
+        atol=atol, max_steps=max_steps, divergence_chunk=divergence_chunk, t_from=t0, t_to=t1,
+    )  # fmt: skip
