@@ -528,6 +528,12 @@ def _sample_jit(
         x = field.to("x1", x, t1)
         nfe = nfe + 1
     trajectory = None if traj is None else jnp.moveaxis(traj, 0, 1)
+    if sharding is not None:
+        # Without a constraint on the outputs XLA may choose to replicate the whole loop (every
+        # device computing every sample); pinning the results to the batch sharding splits it.
+        x = jax.lax.with_sharding_constraint(x, sharding)
+        if trajectory is not None:
+            trajectory = jax.lax.with_sharding_constraint(trajectory, sharding)
     return SampleResult(x, nfe, acc, rej, save_arr, trajectory)
 
 
