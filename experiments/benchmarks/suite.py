@@ -23,13 +23,20 @@ from typing import Any
 
 import jax
 
-from experiments.benchmarks import bench_data, bench_peers, bench_sampling, bench_training
+from experiments.benchmarks import (
+    bench_data,
+    bench_peers,
+    bench_sampling,
+    bench_scaling,
+    bench_training,
+)
 
 SUITE: dict[str, Callable[[bool], dict]] = {
     "peers": bench_peers.run,
     "training": bench_training.run,
     "sampling": bench_sampling.run,
     "data": bench_data.run,
+    "scaling": bench_scaling.run,
 }
 
 
@@ -326,6 +333,18 @@ def write_report(result: dict, path: str) -> None:
                 f"{row['wall_ms']:.1f} | {row['energy_distance']:.4f} |"
             )
         lines.append("")
+    if "scaling" in result:
+        lines += [
+            "## Multi-process scaling, remat and bfloat16 memory (bench_scaling)",
+            "",
+            "On one 2-core CPU every device and process shares the same cores: these rows measure",
+            "what distribution costs (collectives, dispatch, oversubscription), not a speed-up.",
+            "",
+            "```",
+            bench_scaling._table(result["scaling"]),
+            "```",
+            "",
+        ]
     if "data" in result:
         lines += [
             "## Input pipeline (bench_data)",
