@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -86,4 +85,3 @@ def test_notebook_runs(name, monkeypatch):
         resources={"metadata": {"path": str(ROOT)}},
     )
     client.execute()
-
