@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import sys
 
+import nbclient
+import nbformat
 import pytest
 
 from tests.conftest import ROOT
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("*.ipynb"))
