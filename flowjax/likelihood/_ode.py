@@ -81,10 +81,12 @@ class LikelihoodResult(eqx.Module):
 
 def _endpoint_ok(path: AbstractPath, prediction: str, t: float) -> bool:
     try:
-        A, B = conversion_coefficients(prediction, "velocity", path, jnp.asarray(t))
-        return bool(np.isfinite(np.asarray(A)) and np.isfinite(np.asarray(B)))
-    except jax.errors.ConcretizationTypeError:
-        return False
+        # evaluated now even inside a caller's jit (the path's fields are constants there too)
+        with jax.ensure_compile_time_eval():
+            A, B = conversion_coefficients(prediction, "velocity", path, jnp.asarray(t))
+            return bool(np.isfinite(np.asarray(A)) and np.isfinite(np.asarray(B)))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return False  # a traced path
 
 
 def default_time_range(path: AbstractPath, prediction: str) -> tuple[float, float]:
