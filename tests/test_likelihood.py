@@ -198,7 +198,7 @@ def test_bad_input():
         L.log_likelihood(mix.model_fn(path), path, x, divergence="trace")
     with pytest.raises(ValueError, match="needs a PRNG key"):
         L.log_likelihood(mix.model_fn(path), path, x, divergence="hutchinson")
-    with pytest.raises(ValueError, match="has no error estimate: pass num_steps"):
+    with pytest.raises(ValueError, match="has no error estimate"):
         L.log_likelihood(mix.model_fn(path), path, x, solver="euler")
     with pytest.raises(ValueError, match="model_fn returned shape"):
         L.log_likelihood(lambda x, t: x[:, :1], path, x)

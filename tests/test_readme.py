@@ -15,3 +15,21 @@ def test_ci_runs_the_readme_test_command():
     install, test = test_cmds[0].rsplit(" && ", 1)
     assert install in ci.splitlines(), f"CI does not install as the README says: {install}"
     assert any(line.startswith(test) for line in ci.splitlines()), f"CI does not run: {test}"
+
+
+def test_readme_python_tour_runs():
+    """The tour's code blocks run as written (training shortened to 20 steps)."""
+    import pytest
+
+    readme = (ROOT / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme, flags=re.S))
+    checked_line = "fj.checked(jax.jit(path.coefficients))(jnp.array(1.5))"
+    assert checked_line in code
+    code = code.replace(checked_line, "_expect_raise(lambda: " + checked_line + ")")
+    code = code.replace("range(2000)", "range(20)")
+
+    def _expect_raise(fn):
+        with pytest.raises(Exception, match="valid range"):
+            fn()
+
+    exec(compile(code, "README.md", "exec"), {"_expect_raise": _expect_raise})

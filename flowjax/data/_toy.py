@@ -77,10 +77,16 @@ def _mixture(mix: GaussianMixture):
     return sample
 
 
+def _eight_gaussians(key: PRNGKeyArray, n: int, dtype) -> tuple[Array, Array]:
+    # built per call, not at import: creating arrays at import time would start JAX's backend,
+    # after which jax.distributed.initialize can no longer be called
+    return _mixture(eight_gaussians())(key, n, dtype)
+
+
 _SAMPLERS = {
     "checkerboard": _checkerboard,
     "moons": _moons,
-    "eight_gaussians": _mixture(eight_gaussians()),
+    "eight_gaussians": _eight_gaussians,
     "spirals": _spirals,
 }
 _NUM_CLASSES = {"checkerboard": 8, "moons": 2, "eight_gaussians": 8, "spirals": 2}

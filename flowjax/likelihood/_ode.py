@@ -31,34 +31,21 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from flowjax import _validation as v
 from flowjax.likelihood._divergence import exact_divergence, hutchinson_divergence, sample_probes
-from flowjax.parameterization import conversion_coefficients, convert
+from flowjax.parameterization import convert
 from flowjax.paths import PREDICTIONS, AbstractPath
+from flowjax.sampling._ode import fsal_initial_state
+from flowjax.sampling._sample import ode_time_range
+from flowjax.sampling._solvers import get_solver
 
 __all__ = ["LikelihoodResult", "default_time_range", "log_likelihood", "sample_with_log_prob"]
 
-# name -> (diffrax solver, vector-field evaluations per step attempt, evaluations before the first
-# step). Counted, not assumed: tests/test_likelihood.py counts real evaluations with a callback.
-# First-same-as-last tableaus evaluate once at the start; diffrax's initial step-size search
-# shares that evaluation.
-_SOLVERS: dict[str, tuple[type, int, int]] = {
-    "euler": (diffrax.Euler, 1, 0),
-    "heun": (diffrax.Heun, 2, 0),
-    "midpoint": (diffrax.Midpoint, 2, 0),
-    "bosh3": (diffrax.Bosh3, 3, 1),
-    "tsit5": (diffrax.Tsit5, 6, 1),
-    "dopri5": (diffrax.Dopri5, 6, 1),
-    "dopri8": (diffrax.Dopri8, 13, 1),
-}
-_ADAPTIVE = ("bosh3", "tsit5", "dopri5", "dopri8")
-_DATA_END_MARGIN = (
-    1e-5  # score SDE's likelihood cut-off where a prediction is undefined at beta = 0
-)
-_NOISE_END_MARGIN = 1e-3  # where a prediction says nothing about the data at alpha = 0
+#: Likelihoods stop this close to a data end where the prediction is undefined (``beta = 0``):
+#: score SDE's likelihood cut-off.
+DATA_END_MARGIN = 1e-5
 
 
 class LikelihoodResult(eqx.Module):
@@ -79,30 +66,14 @@ class LikelihoodResult(eqx.Module):
     success: Bool[Array, " B"]
 
 
-def _endpoint_ok(path: AbstractPath, prediction: str, t: float) -> bool:
-    try:
-        # evaluated now even inside a caller's jit (the path's fields are constants there too)
-        with jax.ensure_compile_time_eval():
-            A, B = conversion_coefficients(prediction, "velocity", path, jnp.asarray(t))
-            return bool(np.isfinite(np.asarray(A)) and np.isfinite(np.asarray(B)))
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-        return False  # a traced path
-
-
 def default_time_range(path: AbstractPath, prediction: str) -> tuple[float, float]:
-    """``(t_start, t_end)`` for the probability-flow ODE of a ``prediction`` model on ``path``.
+    """``(t_start, t_end)`` for a ``prediction`` model's likelihood on ``path``.
 
     The path's whole range where the prediction converts to a velocity; otherwise a margin of
     ``1e-3`` at the noise end (eps/score models where ``alpha = 0``) and ``1e-5`` at the data end
-    (score/x1 models where ``beta = 0``).
+    (score/x1 models where ``beta = 0``). See ``flowjax.sampling`` for the same rule in sampling.
     """
-    v.choice(prediction, PREDICTIONS, "prediction")
-    t0, t1 = float(path.t_min), float(path.t_max)
-    if not _endpoint_ok(path, prediction, t0):
-        t0 += _NOISE_END_MARGIN
-    if not _endpoint_ok(path, prediction, t1):
-        t1 -= _DATA_END_MARGIN
-    return t0, t1
+    return ode_time_range(path, prediction, data_end_margin=DATA_END_MARGIN)
 
 
 def _make_velocity(model_fn, path, prediction: str, has_cond: bool):
@@ -125,21 +96,14 @@ def _make_velocity(model_fn, path, prediction: str, has_cond: bool):
     return u
 
 
-def _solver_setup(solver: str, num_steps: int | None, t0: float, t1: float, rtol, atol):
-    v.choice(solver, tuple(_SOLVERS), "solver")
-    cls, per_step, init = _SOLVERS[solver]
+def _controller(solver: str, num_steps: int | None, t0: float, t1: float, rtol, atol):
+    """The solver spec and step-size controller: adaptive without ``num_steps``, else a grid."""
+    spec = get_solver(solver, stochastic=False, adaptive=num_steps is None)
     if num_steps is None:
-        if solver not in _ADAPTIVE:
-            raise ValueError(
-                f"solver {solver!r} has no error estimate: pass num_steps for a fixed grid, or use "
-                f"an adaptive solver ({', '.join(_ADAPTIVE)})"
-            )
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        return cls(), controller, None, per_step, init
+        return spec, diffrax.PIDController(rtol=rtol, atol=atol)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1; got {num_steps}")
-    ts = jnp.linspace(t0, t1, num_steps + 1)
-    return cls(), diffrax.StepTo(ts=ts), None, per_step, init
+    return spec, diffrax.StepTo(ts=jnp.linspace(t0, t1, num_steps + 1))
 
 
 def _solve(
@@ -165,7 +129,7 @@ def _solve(
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Solve the augmented ODE per example from ``t0`` to ``t1``; returns end state and stats."""
     u = _make_velocity(model_fn, path, prediction, has_cond)
-    sol_obj, controller, dt0, per_step, init = _solver_setup(solver, num_steps, t0, t1, rtol, atol)
+    spec, controller = _controller(solver, num_steps, t0, t1, rtol, atol)
 
     def one(xi: Array, key: Array, ci: Any):
         if divergence == "exact":
@@ -183,22 +147,26 @@ def _solve(
                 return fx, -est
 
             L0 = jnp.zeros((num_probes,), xi.dtype)
+        term, solver_obj = diffrax.ODETerm(field), spec.make()
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field),
-            sol_obj,
+            term,
+            solver_obj,
             t0=t0,
             t1=t1,
-            dt0=dt0,
+            dt0=None,
             y0=(xi, L0),
             stepsize_controller=controller,
             max_steps=max_steps,
             throw=False,
+            solver_state=fsal_initial_state(
+                solver_obj, term, jnp.asarray(t0), jnp.asarray(t1), (xi, L0)
+            ),
         )
         x_end, L = jax.tree.map(lambda a: a[-1], sol.ys)
         steps = jnp.asarray(sol.stats["num_steps"])
         rejected = jnp.asarray(sol.stats["num_rejected_steps"])
         ok = sol.result == diffrax.RESULTS.successful
-        return x_end, L, steps * per_step + init, steps, rejected, ok
+        return x_end, L, spec.nfe(steps), steps, rejected, ok
 
     return jax.vmap(one)(x, keys, cond)
 
@@ -253,6 +221,56 @@ def _stderr(L: Array, divergence: str) -> Array:
     return jnp.std(L, axis=-1, ddof=1) / math.sqrt(k)
 
 
+def _time_range(
+    path: AbstractPath, prediction: str, t_start: float | None, t_end: float | None
+) -> tuple[float, float]:
+    d0, d1 = default_time_range(path, prediction)
+    t0 = d0 if t_start is None else float(t_start)
+    t1 = d1 if t_end is None else float(t_end)
+    v.check_time_range(jnp.asarray([t0, t1]), path.t_min, path.t_max, "t_start/t_end")
+    if not t0 < t1:
+        raise ValueError(f"t_start must be below t_end; got t_start={t0}, t_end={t1}")
+    return t0, t1
+
+
+def _integrate(
+    model_fn: Callable[..., Array],
+    path: AbstractPath,
+    start: Array,
+    *,
+    t_from: float,
+    t_to: float,
+    keys: Array,
+    cond: Any,
+    prior_log_prob: Callable[[Array], Array] | None,
+    divergence: str,
+    **options: Any,
+) -> tuple[Array, LikelihoodResult]:
+    """Solve from ``start`` at ``t_from`` to ``t_to``; the noise end's state is the latent."""
+    end, L, nfe, steps, rejected, ok = _solve_jit(
+        model_fn, path, start, keys, cond, t0=t_from, t1=t_to, divergence=divergence,
+        has_cond=cond is not None, **options,
+    )  # fmt: skip
+    backwards = t_to < t_from
+    z = end if backwards else start
+    prior = (prior_log_prob or path.prior_log_prob)(z)
+    # L accumulates -div u from t_from: at the data end it is log p_end - log p_start (forwards);
+    # at the noise end its negative (backwards).
+    delta = -jnp.mean(L, axis=-1) if backwards else jnp.mean(L, axis=-1)
+    result = LikelihoodResult(
+        log_prob=prior + delta,
+        prior_log_prob=prior,
+        delta_log_prob=delta,
+        stderr=_stderr(L, divergence),
+        latent=z,
+        nfe=nfe,
+        num_steps=steps,
+        num_rejected=rejected,
+        success=ok,
+    )
+    return (start if backwards else end), result
+
+
 def log_likelihood(
     model_fn: Callable[..., Array],
     path: AbstractPath,
@@ -284,8 +302,8 @@ def log_likelihood(
       x: data ``[B, ...]`` in the model's range (floating point; dequantize discrete data first).
       divergence: ``"exact"`` (``d`` JVPs per evaluation, chunked by ``divergence_chunk``) or
         ``"hutchinson"`` (``num_probes`` probes per example, fixed along the trajectory; needs key).
-      solver: ``euler``, ``heun``, ``midpoint`` with ``num_steps`` (a uniform grid), or the adaptive
-        ``bosh3``, ``tsit5``, ``dopri5``, ``dopri8`` (``num_steps=None``: ``rtol``/``atol`` control).
+      solver: any of ``flowjax.sampling.ODE_SOLVERS``: with ``num_steps`` a uniform grid; with
+        ``num_steps=None`` adaptive steps (``rtol``/``atol``; solvers with an error estimate).
       t_start, t_end: integration range; defaults from :func:`default_time_range`.
       prior_log_prob: ``log p_{t_start}`` of the latent ``[B, ...] -> [B]``; default the path's prior.
 
@@ -295,47 +313,15 @@ def log_likelihood(
     """
     _options(divergence, probe, num_probes, prediction)
     x = _check_x(x)
-    d0, d1 = default_time_range(path, prediction)
-    t0 = d0 if t_start is None else float(t_start)
-    t1 = d1 if t_end is None else float(t_end)
-    v.check_time_range(jnp.asarray([t0, t1]), path.t_min, path.t_max, "t_start/t_end")
-    if not t0 < t1:
-        raise ValueError(f"t_start must be below t_end; got t_start={t0}, t_end={t1}")
+    t0, t1 = _time_range(path, prediction, t_start, t_end)
     keys = _keys(key, x, divergence)
     cond = jax.tree.map(lambda c: _shard_like_batch(jnp.asarray(c), x), cond)
-    z, L, nfe, steps, rejected, ok = _solve_jit(
-        model_fn,
-        path,
-        x,
-        keys,
-        cond,
-        prediction=prediction,
-        divergence=divergence,
-        num_probes=num_probes,
-        probe=probe,
-        solver=solver,
-        num_steps=num_steps,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-        t0=t1,  # backwards: from the data end to the noise end
-        t1=t0,
-        divergence_chunk=divergence_chunk,
-        has_cond=cond is not None,
-    )
-    prior = (prior_log_prob or path.prior_log_prob)(z)
-    delta = -jnp.mean(L, axis=-1)  # log p_end(x) - log p_start(z)
-    return LikelihoodResult(
-        log_prob=prior + delta,
-        prior_log_prob=prior,
-        delta_log_prob=delta,
-        stderr=_stderr(L, divergence),
-        latent=z,
-        nfe=nfe,
-        num_steps=steps,
-        num_rejected=rejected,
-        success=ok,
-    )
+    return _integrate(
+        model_fn, path, x, keys=keys, cond=cond, prior_log_prob=prior_log_prob,
+        prediction=prediction, divergence=divergence, num_probes=num_probes, probe=probe,
+        solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, max_steps=max_steps,
+        divergence_chunk=divergence_chunk, t_from=t1, t_to=t0,  # backwards: data end to noise end
+    )[1]  # fmt: skip
 
 
 def sample_with_log_prob(
@@ -368,43 +354,12 @@ def sample_with_log_prob(
     _options(divergence, probe, num_probes, prediction)
     if len(shape) < 1:
         raise ValueError(f"shape must be (B, ...) with a batch axis; got {shape}")
-    d0, d1 = default_time_range(path, prediction)
-    t0 = d0 if t_start is None else float(t_start)
-    t1 = d1 if t_end is None else float(t_end)
+    t0, t1 = _time_range(path, prediction, t_start, t_end)
     k_z, k_probe = jax.random.split(key)
     z = path.prior_sample(k_z, tuple(shape))
-    keys = jax.random.split(k_probe, shape[0])
-    x, L, nfe, steps, rejected, ok = _solve_jit(
-        model_fn,
-        path,
-        z,
-        keys,
-        cond,
-        prediction=prediction,
-        divergence=divergence,
-        num_probes=num_probes,
-        probe=probe,
-        solver=solver,
-        num_steps=num_steps,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-        t0=t0,
-        t1=t1,
-        divergence_chunk=divergence_chunk,
-        has_cond=cond is not None,
-    )
-    prior = (prior_log_prob or path.prior_log_prob)(z)
-    delta = jnp.mean(L, axis=-1)  # L(t_end) = log p_end(x) - log p_start(z)
-    result = LikelihoodResult(
-        log_prob=prior + delta,
-        prior_log_prob=prior,
-        delta_log_prob=delta,
-        stderr=_stderr(L, divergence),
-        latent=z,
-        nfe=nfe,
-        num_steps=steps,
-        num_rejected=rejected,
-        success=ok,
-    )
-    return x, result
+    return _integrate(
+        model_fn, path, z, keys=jax.random.split(k_probe, shape[0]), cond=cond,
+        prior_log_prob=prior_log_prob, prediction=prediction, divergence=divergence,
+        num_probes=num_probes, probe=probe, solver=solver, num_steps=num_steps, rtol=rtol,
+        atol=atol, max_steps=max_steps, divergence_chunk=divergence_chunk, t_from=t0, t_to=t1,
+    )  # fmt: skip

@@ -99,7 +99,7 @@ def make_loss(
       train: passed to the model (dropout on).
 
     Returns:
-      ``loss_fn(params, batch, key)``; ``aux`` holds scalars: ``loss``, ``mse`` (the unweighted
+      ``loss_fn(params, batch, key)``; ``aux`` holds scalars: ``mse`` (the unweighted
       squared error of ``prediction``), ``mse_<p>`` for every prediction ``p`` (the same model error
       seen in parameterization ``p``: the uniform loss ``p`` would report), ``t_mean``,
       ``weight_mean``.
@@ -164,8 +164,7 @@ def make_loss(
         sq = squared_error(out, target, reduction=reduction)
         w = loss_weight(weighting, prediction, path, t, gamma=min_snr_gamma).astype(sq.dtype)
         loss = jnp.mean(w * sq)
-        aux = {
-            "loss": loss,
+        aux = {  # the loss itself is the first return value (the train step reports it as "loss")
             "mse": jnp.mean(sq),
             "t_mean": jnp.mean(t),
             "weight_mean": jnp.mean(w),

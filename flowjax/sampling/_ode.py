@@ -87,7 +87,7 @@ def solve(
         saveat=diffrax.SaveAt(subs=subs),
         stepsize_controller=controller,
         max_steps=max_steps,
-        solver_state=_fsal_state(solver, terms, t0, t1, x0),
+        solver_state=fsal_initial_state(solver, terms, t0, t1, x0),
     )
     ys = sol.ys
     traj = ys[1] if save_times is not None else None
@@ -101,7 +101,7 @@ def solve(
     )
 
 
-def _fsal_state(
+def fsal_initial_state(
     solver: diffrax.AbstractSolver, terms: diffrax.AbstractTerm, t0: Array, t1: Array, x0: Array
 ) -> Any:
     """For FSAL Runge-Kutta solvers, a state holding ``f(t0, x0)`` evaluated once, here.

@@ -91,9 +91,11 @@ class _Config(NamedTuple):
 def _concrete_float(fn: Callable[[], Any]) -> float | None:
     """``float(fn())`` if it can be evaluated now, else ``None`` (a traced path)."""
     try:
-        val = fn()
-    except jax.errors.ConcretizationTypeError:  # pragma: no cover - traced path fields
-        return None
+        # evaluated now even inside a caller's jit (a path's fields are constants there too)
+        with jax.ensure_compile_time_eval():
+            val = fn()
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None  # a traced path
     return float(np.asarray(val)) if v.is_concrete(val) else None
 
 
@@ -119,7 +121,11 @@ _ENDS_CACHE: dict[tuple, tuple[float, float]] = {}
 
 
 def _default_ends(
-    path: AbstractPath, needs_alpha: bool, score_based: bool, needs_beta: bool
+    path: AbstractPath,
+    needs_alpha: bool,
+    score_based: bool,
+    needs_beta: bool,
+    data_end_margin: float = DATA_END_MARGIN,
 ) -> tuple[float, float]:
     t_min, t_max = float(path.t_min), float(path.t_max)
     start, end = t_min, t_max
@@ -128,12 +134,27 @@ def _default_ends(
         if alpha0 is None or alpha0 == 0.0:
             start = t_min + NOISE_END_MARGIN
     if score_based:
-        end = min(t_max, 1.0 - DATA_END_MARGIN)
+        end = min(t_max, 1.0 - data_end_margin)
     elif needs_beta:
         beta1 = _concrete_float(lambda: path.beta(jnp.asarray(t_max)))
         if beta1 is None or beta1 == 0.0:
-            end = t_max - DATA_END_MARGIN
+            end = t_max - data_end_margin
     return start, end
+
+
+def ode_time_range(
+    path: AbstractPath, prediction: str, *, data_end_margin: float = DATA_END_MARGIN
+) -> tuple[float, float]:
+    """Default ``(t_start, t_end)`` of the probability-flow ODE of a ``prediction`` model.
+
+    The path's whole range where the prediction converts to a velocity; otherwise
+    ``t_min + 1e-3`` where eps/score models need ``alpha > 0`` but ``alpha(t_min) = 0``, and
+    ``t_max - data_end_margin`` where score/x1 models need ``beta > 0`` but ``beta(t_max) = 0``.
+    """
+    v.choice(prediction, PREDICTIONS, "prediction")
+    return _default_ends(
+        path, prediction in ("eps", "score"), False, prediction in ("score", "x1"), data_end_margin
+    )
 
 
 def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -509,6 +530,12 @@ def _sample_jit(
         x = field.to("x1", x, t1)
         nfe = nfe + 1
     trajectory = None if traj is None else jnp.moveaxis(traj, 0, 1)
+    if sharding is not None:
+        # Without a constraint on the outputs XLA may choose to replicate the whole loop (every
+        # device computing every sample); pinning the results to the batch sharding splits it.
+        x = jax.lax.with_sharding_constraint(x, sharding)
+        if trajectory is not None:
+            trajectory = jax.lax.with_sharding_constraint(trajectory, sharding)
     return SampleResult(x, nfe, acc, rej, save_arr, trajectory)
 
 

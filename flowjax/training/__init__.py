@@ -8,15 +8,30 @@
 * :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore.
 * :class:`MetricWriter`, :func:`read_jsonl`: stdout, JSONL and TensorBoard metrics.
 * :func:`train_loop`: resume, train, log, checkpoint, stop on NaN, save on SIGTERM.
+
+Scale (large models and batches, many processes):
+
+* :func:`with_precision`, :func:`check_param_dtype`: bfloat16 computation, float32 parameters.
+* :func:`remat_loss` (or ``make_train_step(remat=...)``): activation rematerialisation.
+* ``make_train_step(grad_accum_steps=k)`` (:func:`accumulate_value_and_grad`): micro-batches.
+* :func:`fsdp_sharding`: parameters and optimizer state split over an ``fsdp`` mesh axis.
+* :func:`initialize_distributed`, :class:`DistributedFailureError`: multi-process runs.
 """
 
+from flowjax.training._accumulate import accumulate_value_and_grad, split_microbatches
 from flowjax.training._checkpoint import (
     Checkpointer,
     CheckpointLayoutError,
     Restored,
     state_layout,
 )
-from flowjax.training._loop import NonFiniteLossError, TrainResult, train_loop
+from flowjax.training._fsdp import fsdp_sharding, fsdp_spec, sharded_fraction
+from flowjax.training._loop import (
+    DistributedFailureError,
+    NonFiniteLossError,
+    TrainResult,
+    train_loop,
+)
 from flowjax.training._mesh import (
     DATA_AXIS,
     FSDP_AXIS,
@@ -35,6 +50,13 @@ from flowjax.training._optim import (
     make_optimizer,
     make_schedule,
 )
+from flowjax.training._precision import (
+    PRECISIONS,
+    check_param_dtype,
+    compute_dtype,
+    with_precision,
+)
+from flowjax.training._remat import REMAT_POLICIES, remat_loss
 from flowjax.training._state import (
     TrainState,
     abstract_state,
@@ -48,9 +70,12 @@ __all__ = [
     "DATA_AXIS",
     "FSDP_AXIS",
     "OPTIMIZERS",
+    "PRECISIONS",
+    "REMAT_POLICIES",
     "SCHEDULES",
     "CheckpointLayoutError",
     "Checkpointer",
+    "DistributedFailureError",
     "MetricWriter",
     "NonFiniteLossError",
     "Restored",
@@ -58,10 +83,15 @@ __all__ = [
     "TrainState",
     "TrainStep",
     "abstract_state",
+    "accumulate_value_and_grad",
     "audit_state",
     "batch_sharding",
+    "check_param_dtype",
+    "compute_dtype",
     "create_train_state",
     "ema_decay_at",
+    "fsdp_sharding",
+    "fsdp_spec",
     "global_batch_size",
     "initialize_distributed",
     "learning_rate",
@@ -71,9 +101,13 @@ __all__ = [
     "make_train_step",
     "read_jsonl",
     "read_tensorboard_scalars",
+    "remat_loss",
     "replicated",
     "shard_batch",
+    "sharded_fraction",
+    "split_microbatches",
     "state_fingerprint",
     "state_layout",
     "train_loop",
+    "with_precision",
 ]

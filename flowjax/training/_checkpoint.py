@@ -4,7 +4,10 @@ A checkpoint (one directory per step) holds three items:
 
 * ``state``: the train state (``StandardSave``: sharded arrays, written by all processes together);
 * ``data``: each process's data-iterator state as JSON (``process_<i>.json``: in multi-process runs
-  every process reads its own shard of the data, so every process saves its own position);
+  every process reads its own shard of the data, so every process saves its own position). A
+  checkpoint restores under another process count: a process whose file is missing takes the
+  saved state when all saved processes agree on it (``flowjax.data`` iterators store the global
+  position, identical on every process);
 * ``meta``: JSON with the step, the state's layout (path, shape and dtype of every array) and a
   checksum of every array (:func:`state_fingerprint`), plus the caller's metadata.
 
@@ -17,6 +20,7 @@ being restored into is a user error (another model or optimizer) and raises.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 from pathlib import Path
@@ -208,18 +212,38 @@ class Checkpointer:
         return None
 
     def _restore_data(self, step: int) -> dict | None:
-        try:
-            return self._manager.restore(
-                step, args=ocp.args.Composite(data=ocp.args.JsonRestore())
-            ).data["state"]
-        except FileNotFoundError:
-            warnings.warn(
-                f"checkpoint step {step} in {self.directory} holds no data-iterator state for "
-                f"process {jax.process_index()} (written by another number of processes?); the "
-                "data iterator starts from its own initial state",
-                stacklevel=3,
-            )
-            return None
+        """This process's data-iterator state, read directly from its JSON file (not collective).
+
+        orbax's restore ends with a barrier over all processes; a process whose file is missing
+        (the checkpoint was written by another number of processes) would fail before reaching
+        it and leave the others waiting, so the files are read here instead.
+        """
+        folder = self.directory / str(step) / "data"
+        own = folder / f"process_{jax.process_index()}.json"
+        if own.exists():
+            return json.loads(own.read_text())["state"]
+        # Written by another number of processes: flowjax.data iterators save the same global
+        # position on every process, so any process's file serves when all agree.
+        states = []
+        for f in sorted(folder.glob("process_*.json")) if folder.exists() else []:
+            try:
+                states.append(json.loads(f.read_text())["state"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        if states and all(s == states[0] for s in states):
+            return states[0]
+        why = (
+            "the saved processes' iterator states differ"
+            if states
+            else "it holds no data-iterator state"
+        )
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} has no data-iterator state for process "
+            f"{jax.process_index()} (written by another number of processes) and {why}; the "
+            "data iterator starts from its own initial state",
+            stacklevel=3,
+        )
+        return None
 
     def _skip(self, step: int, err: Exception) -> None:
         dest = self.directory / "corrupt" / f"{step}-{int(time.time())}"

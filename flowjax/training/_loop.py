@@ -49,6 +49,35 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+class DistributedFailureError(RuntimeError):
+    """A computation across processes failed: another process died or hung (multi-process runs).
+
+    JAX's distributed runtime also terminates every process once the dead process misses its
+    heartbeats (``initialize_distributed(heartbeat_timeout_seconds=...)``), so a run never waits
+    forever; whichever comes first ends this process. Restart all processes with the same command
+    to resume from the newest intact checkpoint.
+
+    Attributes:
+      step: the number of steps completed by this process when the failure surfaced.
+      last_checkpoint: the newest checkpoint step this run restored or started writing (``None``:
+        none); the restart resumes from it or from an older intact one.
+    """
+
+    def __init__(self, step: int, last_checkpoint: int | None, where: Any, cause: BaseException):
+        self.step, self.last_checkpoint = step, last_checkpoint
+        resume = (
+            f"restart all {jax.process_count()} processes with the same command to resume from "
+            f"checkpoint step {last_checkpoint} in {where} (or the newest intact one)"
+            if last_checkpoint is not None
+            else "no checkpoint was written; a restart begins from step 0"
+        )
+        super().__init__(
+            f"training failed after step {step} in a computation across the "
+            f"{jax.process_count()} processes: another process has probably died or hung "
+            f"({type(cause).__name__}: {str(cause).splitlines()[0][:300]}); {resume}"
+        )
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train_loop` returns.
@@ -140,9 +169,15 @@ def train_loop(
     metrics, the last ``learning_rate``, ``steps_per_sec`` and ``examples_per_sec`` (the first step
     of a call, which compiles, is left out of the rates).
 
+    Multi-process runs: every process calls ``train_loop`` with its own ``data_iter`` (its part
+    of each global batch); the step, checkpoints (written by all processes together) and
+    preemption stops are collective; only process 0 writes metrics (:class:`MetricWriter`).
+
     Raises:
       NonFiniteLossError: a step's loss or gradient norm was NaN or infinite (names the step;
         nothing from that step on is saved, the checkpoints already on disk stay).
+      DistributedFailureError: multi-process runs: a collective failed because another process
+        died or hung (names the checkpoint a restart resumes from).
     """
     if num_steps < 0 or log_every < 1 or (checkpoint_every is not None and checkpoint_every < 1):
         raise ValueError(
@@ -231,7 +266,10 @@ def train_loop(
         if bar is not None:
             bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}", refresh=False)
 
+    last_checkpoint = restored_step
+
     def save() -> None:
+        nonlocal last_checkpoint
         if checkpointer is None:
             return
         check()
@@ -247,10 +285,12 @@ def train_loop(
             raise NonFiniteLossError(
                 step, "state", float("nan"), checkpointer.latest_step(), checkpointer.directory
             ) from err
+        last_checkpoint = step
 
     preempted = False
+    multi = jax.process_count() > 1
     try:
-        signals = tuple(handle_signals) if jax.process_count() == 1 else ()
+        signals = tuple(handle_signals) if not multi else ()
         with _SignalFlag(signals) as flag:
             while step < num_steps:
                 try:
@@ -292,6 +332,12 @@ def train_loop(
                 checkpointer.wait_until_finished()
             if writer is not None:
                 writer.flush()
+    except jax.errors.JaxRuntimeError as err:
+        if not multi:
+            raise
+        raise DistributedFailureError(
+            step, last_checkpoint, checkpointer.directory if checkpointer else None, err
+        ) from err
     finally:
         if bar is not None:
             bar.close()

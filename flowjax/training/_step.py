@@ -11,8 +11,10 @@ import optax
 from jax.sharding import Mesh
 from jaxtyping import Array, PyTree
 
-from flowjax.training._mesh import batch_sharding, replicated, shard_batch
+from flowjax.training._accumulate import accumulate_value_and_grad
+from flowjax.training._mesh import batch_sharding, default_batch_axes, replicated, shard_batch
 from flowjax.training._optim import learning_rate
+from flowjax.training._remat import remat_loss
 from flowjax.training._state import TrainState, _broadcast_prefix
 
 LossFn = Callable[[PyTree, Mapping[str, Array], Array], tuple[Array, Mapping[str, Array]]]
@@ -53,6 +55,11 @@ class TrainStep:
     Metrics (float32 scalars, replicated): ``loss``, ``grad_norm`` (global L2 norm of the gradient
     before clipping), ``learning_rate`` (when the optimizer exposes it, see ``make_optimizer``) and
     every entry of the loss's ``aux`` dict.
+
+    Large global batches: ``grad_accum_steps=k`` evaluates the gradient on ``k`` micro-batches in
+    sequence within the one step (float32 accumulation; see ``flowjax.training._accumulate``),
+    ``remat`` rematerialises activations (:func:`flowjax.training.remat_loss`). Neither changes
+    the state's layout, so checkpoints move freely between settings.
     """
 
     def __init__(
@@ -66,15 +73,26 @@ class TrainStep:
         state_sharding: Any = None,
         batch_axes: Sequence[str] | None = None,
         donate: bool = True,
+        grad_accum_steps: int = 1,
+        remat: str | None = None,
     ):
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) or be None, got {ema_decay}")
+        if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int):
+            raise TypeError(f"grad_accum_steps must be an int >= 1, got {grad_accum_steps!r}")
+        if grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+        self.grad_accum_steps = grad_accum_steps
+        self.remat = remat
+        if remat is not None:
+            loss_fn = remat_loss(loss_fn, remat)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.mesh = mesh
         self.ema_decay = ema_decay
         self.ema_warmup = ema_warmup
         self.batch_sharding = batch_sharding(mesh, batch_axes)
+        self.batch_axes = tuple(batch_axes) if batch_axes is not None else default_batch_axes(mesh)
         self.metrics_sharding = replicated(mesh)
         self.state_sharding = state_sharding if state_sharding is not None else replicated(mesh)
         self.donate = donate
@@ -90,8 +108,8 @@ class TrainStep:
     def _update(self, state: TrainState, batch: Mapping[str, Array]) -> tuple[TrainState, dict]:
         key, step_key = jax.random.split(state.key)
 
-        def loss_of(params: PyTree) -> tuple[Array, Mapping[str, Array]]:
-            out = self.loss_fn(params, batch, step_key)
+        def loss_of(params: PyTree, batch: Mapping[str, Array], key: Array) -> tuple:
+            out = self.loss_fn(params, batch, key)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(
                     "loss_fn must return (loss, aux) with aux a dict of scalars; got "
@@ -104,9 +122,27 @@ class TrainStep:
                     f"loss_fn must return a floating scalar loss; got shape {loss.shape}, "
                     f"dtype {loss.dtype}"
                 )
-            return loss, aux
+            if not isinstance(aux, Mapping):
+                raise TypeError(
+                    f"loss_fn's aux must be a dict of scalars, got {type(aux).__name__}"
+                )
+            # differentiate a float32 scalar even when the model computes in bfloat16
+            return (loss.astype(jnp.float32) if loss.dtype.itemsize < 4 else loss), aux
 
-        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        if self.grad_accum_steps == 1:
+            (loss, aux), grads = jax.value_and_grad(
+                lambda p: loss_of(p, batch, step_key), has_aux=True
+            )(state.params)
+        else:
+            (loss, aux), grads = accumulate_value_and_grad(
+                loss_of,
+                state.params,
+                batch,
+                step_key,
+                self.grad_accum_steps,
+                mesh=self.mesh,
+                batch_axes=self.batch_axes,
+            )
         grad_norm = optax.tree.norm(grads).astype(jnp.float32)
         # optax mixes int32 step counts with floats (Adam's bias correction); it is third-party
         # code, so it runs under standard promotion whatever the caller's setting.
@@ -129,8 +165,6 @@ class TrainStep:
         lr = learning_rate(opt_state)
         if lr is not None:
             metrics["learning_rate"] = lr
-        if not isinstance(aux, Mapping):
-            raise TypeError(f"loss_fn's aux must be a dict of scalars, got {type(aux).__name__}")
         for name, value in aux.items():
             value = jnp.asarray(value)
             if name in RESERVED_METRICS:
@@ -195,6 +229,8 @@ def make_train_step(
     state_sharding: Any = None,
     batch_axes: Sequence[str] | None = None,
     donate: bool = True,
+    grad_accum_steps: int = 1,
+    remat: str | None = None,
 ) -> TrainStep:
     """Build the jitted train step.
 
@@ -207,9 +243,16 @@ def make_train_step(
       ema_decay: EMA decay of the parameters, updated after each step (``None``: no EMA).
       ema_warmup: use ``min(ema_decay, (1 + step) / (10 + step))`` early in training.
       state_sharding: sharding of the train state, a single sharding or a pytree prefix of the
-        state (default: replicated on every device). Parameter sharding (fsdp) plugs in here.
+        state (default: replicated on every device). Parameter sharding: pass
+        ``fsdp_sharding(state, mesh)`` on a mesh with an ``fsdp`` axis.
       batch_axes: mesh axes splitting the batch (default: all mesh axes).
       donate: donate the input state's buffers to the output (halves the state's memory).
+      grad_accum_steps: split each global batch into this many micro-batches and accumulate
+        their gradients (float32) within the step: the memory of a ``B / k`` batch, the update
+        of a ``B`` batch (micro-batch ``j`` draws its randomness from ``fold_in(key, j)``). The
+        global batch must be a multiple of ``k`` times the number of batch devices.
+      remat: activation rematerialisation of ``loss_fn``: ``None``/``"none"``, ``"blocks"``,
+        ``"dots"`` or ``"blocks_dots"`` (see :func:`flowjax.training.remat_loss`).
 
     Returns:
       a :class:`TrainStep`: ``state, metrics = step(state, batch)``.
@@ -223,4 +266,6 @@ def make_train_step(
         state_sharding=state_sharding,
         batch_axes=batch_axes,
         donate=donate,
+        grad_accum_steps=grad_accum_steps,
+        remat=remat,
     )
