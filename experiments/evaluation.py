@@ -110,6 +110,8 @@ def median_distance(x: np.ndarray, max_points: int = 1000) -> float:
     x = np.asarray(x[:max_points], np.float64).reshape(min(len(x), max_points), -1)
     sq = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
     return float(np.sqrt(np.median(sq[np.triu_indices(len(x), 1)])))
+
+
 _sliced = jax.jit(distances.sliced_wasserstein, static_argnames="num_projections")
 
 
@@ -136,7 +138,9 @@ def _statistic(
 def disjoint_subsets(pool: np.ndarray, n: int, key: Array) -> tuple[np.ndarray, np.ndarray]:
     """Two random subsets of ``n`` rows of ``pool`` with no row in common."""
     if len(pool) < 2 * n:
-        raise ValueError(f"need at least {2 * n} rows for two disjoint subsets of {n}; got {len(pool)}")
+        raise ValueError(
+            f"need at least {2 * n} rows for two disjoint subsets of {n}; got {len(pool)}"
+        )
     perm = np.asarray(jax.random.permutation(key, len(pool)))
     return pool[perm[:n]], pool[perm[n : 2 * n]]
 
@@ -285,9 +289,26 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
+def _numerical_zero(w: np.ndarray) -> float:
+    """Eigenvalues of a symmetric PSD matrix below this are rounding noise (numerical rank)."""
+    return float(np.max(np.abs(w), initial=0.0)) * w.size * np.finfo(np.float64).eps
+
+
+def _psd_eigvals(s: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric PSD matrix, with those at the rounding-noise level set to 0.
+
+    A covariance of fewer samples than dimensions is singular; its null space holds eigenvalues
+    of order ``eps * |S|`` of either sign, whose square roots (``~1e-8`` each) would add up over
+    thousands of dimensions. They are zero to the matrix's precision.
+    """
+    w = np.linalg.eigvalsh((s + s.T) / 2)
+    return np.where(w > _numerical_zero(w), w, 0.0)
+
+
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    w = np.where(w > _numerical_zero(w), w, 0.0)
+    return (v * np.sqrt(w)) @ v.T
 
 
 def frechet_distance(
@@ -297,6 +318,8 @@ def frechet_distance(
 
     ``tr (S1 S2)^{1/2}`` is computed as ``sum sqrt(eig(S1^{1/2} S2 S1^{1/2}))`` (a symmetric PSD
     matrix with the same eigenvalues as ``S1 S2``), which needs no complex matrix square root.
+    Eigenvalues at the rounding-noise level count as 0, so singular covariances (fewer samples
+    than features) give ``frechet_distance(mu, S, mu, S) ~ eps * tr S``, not ``sqrt(eps)``.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -306,7 +329,7 @@ def frechet_distance(
         )
     r = _psd_sqrt(s1)
     m = r @ s2 @ r
-    tr_sqrt = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None))))
+    tr_sqrt = float(np.sum(np.sqrt(_psd_eigvals(m))))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
 
@@ -329,7 +352,9 @@ def kernel_inception_distance(
     d = f1.shape[1]
     m = min(subset_size, f1.shape[0], f2.shape[0])
     if m < 2:
-        raise ValueError(f"KID needs at least 2 examples in each set; got {f1.shape[0]}, {f2.shape[0]}")
+        raise ValueError(
+            f"KID needs at least 2 examples in each set; got {f1.shape[0]}, {f2.shape[0]}"
+        )
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(num_subsets):
@@ -807,7 +832,9 @@ def load_inception_params(path: str | Path | None) -> dict[str, Any]:
     if wrong:
         problems.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[:4]})")
     if problems:
-        raise ValueError(f"Inception weights {str(path)!r} do not fit InceptionV3: " + "; ".join(problems))
+        raise ValueError(
+            f"Inception weights {str(path)!r} do not fit InceptionV3: " + "; ".join(problems)
+        )
     return unflatten_params({k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()})
 
 

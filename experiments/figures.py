@@ -271,7 +271,10 @@ def _tile(images: np.ndarray, value_range: tuple[float, float], ncol: int) -> np
     out = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c))
     for i in range(n):
         r, q = divmod(i, ncol)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = imgs[i]
+        out[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + q * (w + pad) : pad + q * (w + pad) + w,
+        ] = imgs[i]
     return out
 
 

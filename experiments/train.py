@@ -135,7 +135,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       ConfigError: naming the key (with the closest valid key), or the key and the expected type.
     """
     if not isinstance(config, (ml_collections.ConfigDict, dict)):
-        raise ConfigError(f"config must be an ml_collections.ConfigDict; got {type(config).__name__}")
+        raise ConfigError(
+            f"config must be an ml_collections.ConfigDict; got {type(config).__name__}"
+        )
     schema = _flat_keys(default_config.get_config())
     given = _flat_keys(config)
     unknown = sorted(set(given) - set(schema))
@@ -337,9 +339,7 @@ class _Probe(eqx.Module):
 
 
 def _check_traces(name: str, fn: Callable[[], Any]) -> None:
-    """Trace ``fn`` abstractly (no computation): its argument checks run now, not after training.
-
-    """
+    """Trace ``fn`` abstractly (no computation): its argument checks run now, not after training."""
     try:
         jax.eval_shape(fn)
     except (ValueError, TypeError, KeyError) as err:
@@ -370,18 +370,24 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
             f"{cfg.training.num_steps}, {cfg.training.batch_size}"
         )
     if not 0.0 <= cfg.training.ema_decay < 1.0:
-        raise ConfigError(f"config key 'training.ema_decay' must lie in [0, 1); got {cfg.training.ema_decay}")
+        raise ConfigError(
+            f"config key 'training.ema_decay' must lie in [0, 1); got {cfg.training.ema_decay}"
+        )
     for key in cfg.eval.metrics:
         _choice(key, E.STATISTICS, "eval.metrics")
     workdir = _prepare_workdir(workdir)
     train_ds, eval_ds = _datasets(cfg)
     if train_ds.shape != eval_ds.shape:
-        raise ConfigError(f"train and eval splits differ in shape: {train_ds.shape}, {eval_ds.shape}")
+        raise ConfigError(
+            f"train and eval splits differ in shape: {train_ds.shape}, {eval_ds.shape}"
+        )
     k = cfg.model.num_classes
     num_classes = None
     if k:
         if train_ds.num_classes is None:
-            raise ConfigError(f"model.num_classes = {k} but data set {cfg.data.name!r} has no labels")
+            raise ConfigError(
+                f"model.num_classes = {k} but data set {cfg.data.name!r} has no labels"
+            )
         if k != train_ds.num_classes:
             raise ConfigError(
                 f"config key 'model.num_classes' is {k} but data set {cfg.data.name!r} has "
@@ -394,7 +400,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
     try:
         path = get_path(cfg.path.name, **dict(cfg.path.options))
     except TypeError as err:
-        raise ConfigError(f"config keys 'path.options' do not fit path {cfg.path.name!r}: {err}") from err
+        raise ConfigError(
+            f"config keys 'path.options' do not fit path {cfg.path.name!r}: {err}"
+        ) from err
     except ValueError as err:
         raise ConfigError(f"config key 'path.name': {err}") from err
     try:
@@ -483,9 +491,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
         cond = {"cond": jnp.zeros((2,), jnp.int32)} if num_classes is not None else {}
         _check_traces(
             "eval.nll",
-            lambda: LL.log_likelihood(
-                probe, path, jnp.zeros((2, *shape)), key=key, **lk, **cond
-            ).log_prob,
+            lambda: (
+                LL.log_likelihood(
+                    probe, path, jnp.zeros((2, *shape)), key=key, **lk, **cond
+                ).log_prob
+            ),
         )
     if cfg.eval.inception:
         if not train_ds.is_image:
@@ -813,7 +823,9 @@ def _samples(exp: Experiment, fn: Any, restored: _Restored) -> dict[str, SampleS
                         continue
             except (OSError, ValueError, KeyError):
                 pass
-        x, lab, nfes, secs = _draw(exp, fn, kw, cfg.sampling.num_samples, cfg.sampling.batch_size, key)
+        x, lab, nfes, secs = _draw(
+            exp, fn, kw, cfg.sampling.num_samples, cfg.sampling.batch_size, key
+        )
         s = SampleSet(name, x, lab, float(np.mean(nfes)), int(np.max(nfes)), secs, settings)
         out[name] = s
         _log(f"sampler {name}: {len(x)} samples, NFE {s.nfe:g}, {secs:.1f} s (with compilation)")
@@ -988,9 +1000,7 @@ def _sweep(
         rows = []
         for var in variants:
             x, _, nfes, secs = _draw(exp, fn, {**kw, **var}, sc.num_samples, sc.num_samples, key)
-            rows.append(
-                {**var, "nfe": float(np.mean(nfes)), metric: metric_fn(x), "seconds": secs}
-            )
+            rows.append({**var, "nfe": float(np.mean(nfes)), metric: metric_fn(x), "seconds": secs})
         curves[name] = rows
         _log(
             f"NFE sweep {name}: "
@@ -1013,10 +1023,14 @@ def _classifier_fd(exp: Experiment, sets: Mapping[str, SampleSet]) -> dict[str, 
     ref = _reference(exp, 10**9)["x"]
     ref_stats = E.gaussian_stats(E.classifier_features(module, params, ref))
     train = _reference(exp, len(ref), "train")["x"]
-    floor = E.frechet_distance(*E.gaussian_stats(E.classifier_features(module, params, train)), *ref_stats)
+    floor = E.frechet_distance(
+        *E.gaussian_stats(E.classifier_features(module, params, train)), *ref_stats
+    )
 
     def fd(x: np.ndarray) -> float:
-        return E.frechet_distance(*E.gaussian_stats(E.classifier_features(module, params, x)), *ref_stats)
+        return E.frechet_distance(
+            *E.gaussian_stats(E.classifier_features(module, params, x)), *ref_stats
+        )
 
     return {
         "fd": fd,
@@ -1190,8 +1204,10 @@ def _evaluate(exp: Experiment) -> dict[str, Any]:
         nll = _nll(exp, fn, k_nll)
         result["bits_per_dim" if exp.train_ds.is_image else "nll"] = nll
         if exp.train_ds.is_image:
-            _log(f"bits/dim {nll['bits_per_dim']:.4f} ± {nll['bits_per_dim_stderr'] or 0:.4f} "
-                 f"(NFE {nll['nfe_mean']:.0f})")
+            _log(
+                f"bits/dim {nll['bits_per_dim']:.4f} ± {nll['bits_per_dim_stderr'] or 0:.4f} "
+                f"(NFE {nll['nfe_mean']:.0f})"
+            )
         else:
             msg = f"NLL {nll['nll']:.4f} ± {nll['nll_stderr']:.4f} nats (NFE {nll['nfe_mean']:.0f})"
             if "nll_gap" in nll:
@@ -1448,7 +1464,9 @@ def _field_figure(exp: Experiment, fn: Any, data: np.ndarray, restored: _Restore
             for k in ("velocity", "score")
         }
         if oracle is not None:
-            res.update({f"exact {k}": oracle.predict(k, exp.path, x, tb) for k in ("velocity", "score")})
+            res.update(
+                {f"exact {k}": oracle.predict(k, exp.path, x, tb) for k in ("velocity", "score")}
+            )
         return res
 
     for t in times:
@@ -1508,7 +1526,9 @@ def _density_figure(
 # ============================================================================ the whole run
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> dict[str, Any]:
     """Train (resuming if the workdir has checkpoints), then evaluate; returns ``eval.json``'s dict."""
     exp = setup(config, workdir)
     _train(exp)
@@ -1520,8 +1540,12 @@ def summary(result: Mapping[str, Any], workdir: str | os.PathLike) -> str:
     wd = Path(workdir)
     lines = [f"numbers: {wd / EVAL_FILE}"]
     if result.get("figures"):
-        lines.append(f"figures: {wd / FIGURES_DIR}/ ({', '.join(Path(p).name for p in result['figures'])})")
-    lines.append(f"samples: {wd / SAMPLES_DIR}/   checkpoints: {wd / CHECKPOINT_DIR}/   metrics: {wd / METRICS_FILE}")
+        lines.append(
+            f"figures: {wd / FIGURES_DIR}/ ({', '.join(Path(p).name for p in result['figures'])})"
+        )
+    lines.append(
+        f"samples: {wd / SAMPLES_DIR}/   checkpoints: {wd / CHECKPOINT_DIR}/   metrics: {wd / METRICS_FILE}"
+    )
     for name, s in result.get("samplers", {}).items():
         parts = [f"NFE {s['nfe']:g}"]
         for m, q in s.get("quality", {}).items():

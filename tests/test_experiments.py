@@ -138,7 +138,9 @@ def test_toy_run_writes_a_workdir_that_explains_itself(toy_run):
     assert T.Checkpointer(wd / "checkpoints").all_steps() == [20, 40]
     records = T.read_jsonl(wd / "metrics.jsonl")
     assert [r["step"] for r in records] == [20, 40] and all(np.isfinite(r["loss"]) for r in records)
-    assert json.loads((wd / "eval.json").read_text()) == json.loads(json.dumps(xt._jsonable(result)))
+    assert json.loads((wd / "eval.json").read_text()) == json.loads(
+        json.dumps(xt._jsonable(result))
+    )
     figures = sorted(p.name for p in (wd / "figures").glob("*.png"))
     assert figures == sorted(
         [
@@ -239,7 +241,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     cfg.training.checkpoint_every = 10
     wd = tmp_path / "interrupted"
     make_iterator = D.make_iterator
-    monkeypatch.setattr(D, "make_iterator", lambda *a, **k: _Interrupting(make_iterator(*a, **k), 15))
+    monkeypatch.setattr(
+        D, "make_iterator", lambda *a, **k: _Interrupting(make_iterator(*a, **k), 15)
+    )
     with pytest.raises(SystemExit) as stop:
         xt.train(cfg, wd)
     assert stop.value.code == 0
@@ -426,9 +430,18 @@ def test_command_line_trains_with_overrides_and_resumes(tmp_path):
 @pytest.mark.parametrize(
     ("args", "pattern"),
     [
-        (["--config", "experiments/configs/nothere.py"], "config file 'experiments/configs/nothere.py'.*does not exist"),
-        (["--config", "experiments/configs/default.py", "--config.optim.lrr=1"], "unknown config key.*lrr"),
-        (["--config", "experiments/configs/default.py", "--config.optim.lr=fast"], "config.optim.lr"),
+        (
+            ["--config", "experiments/configs/nothere.py"],
+            "config file 'experiments/configs/nothere.py'.*does not exist",
+        ),
+        (
+            ["--config", "experiments/configs/default.py", "--config.optim.lrr=1"],
+            "unknown config key.*lrr",
+        ),
+        (
+            ["--config", "experiments/configs/default.py", "--config.optim.lr=fast"],
+            "config.optim.lr",
+        ),
         (["--config", "experiments/configs/default.py:bogus"], "bogus"),
     ],
 )

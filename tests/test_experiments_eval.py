@@ -47,6 +47,25 @@ def test_frechet_distance_matches_the_scipy_sqrtm_formula():
         E.frechet_distance(mu1, s1, mu2[:3], s2)
 
 
+def test_frechet_distance_of_singular_covariances():
+    # 3 samples in 2048 dimensions: a rank-2 covariance (as in a tiny FID run)
+    rng = np.random.default_rng(1)
+    f = rng.uniform(0, 1, (3, 2048))
+    mu, s = f.mean(0), np.cov(f, rowvar=False)
+    # to the matrix's precision: the noise eigenvalues of the null space must not count
+    assert abs(E.frechet_distance(mu, s, mu, s)) < 1e-10 * np.trace(s)
+    # a rank-deficient pair with a closed form: S1 = diag(a, 0), S2 = diag(b, 0) in a random basis
+    q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+    a, b = np.zeros(64), np.zeros(64)
+    a[:5], b[:5] = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    np.testing.assert_allclose(
+        E.frechet_distance(np.zeros(64), s1, np.zeros(64), s2),
+        np.sum((np.sqrt(a) - np.sqrt(b)) ** 2),
+        rtol=1e-9,
+    )
+
+
 def test_gaussian_stats_are_numpy_mean_and_unbiased_covariance():
     f = np.random.default_rng(1).normal(size=(50, 3))
     mu, sigma = E.gaussian_stats(f)
@@ -81,8 +100,12 @@ def test_kid_matches_the_explicit_unbiased_estimator():
         vals.append(_kid_reference(xs, ys))
     assert kid_sub == pytest.approx(np.mean(vals), rel=1e-10)
     # unbiased: about zero between two samples of one law, clearly positive between two laws
-    same = E.kernel_inception_distance(rng.normal(size=(400, 4)), rng.normal(size=(400, 4)), subset_size=200)
-    far = E.kernel_inception_distance(rng.normal(size=(400, 4)), rng.normal(1.0, 1.0, (400, 4)), subset_size=200)
+    same = E.kernel_inception_distance(
+        rng.normal(size=(400, 4)), rng.normal(size=(400, 4)), subset_size=200
+    )
+    far = E.kernel_inception_distance(
+        rng.normal(size=(400, 4)), rng.normal(1.0, 1.0, (400, 4)), subset_size=200
+    )
     assert abs(same[0]) < 3 * same[1] + 1e-3 and far[0] > 10 * abs(same[0]) + 0.1
 
 
@@ -235,7 +258,7 @@ def test_inception_weights_load_from_either_format_and_give_features(inception_s
     assert gray.shape == (3, 75, 75, 3)
     np.testing.assert_array_equal(gray, rgb)
     stats = E.gaussian_stats(f)
-    assert abs(E.frechet_distance(*stats, *stats)) < 1e-6 * np.trace(stats[1]) + 1e-9
+    assert abs(E.frechet_distance(*stats, *stats)) < 1e-10 * np.trace(stats[1])
 
 
 def test_bad_inception_weights_are_named(inception_shapes, tmp_path):
@@ -272,17 +295,47 @@ def test_every_figure_is_saved_with_its_settings(tmp_path):
     settings = {"sampler": {"num_steps": 8}, "nan": float("nan"), "arr": np.arange(3)}
     made = [
         F.samples_2d(pts, pts + 0.1, tmp_path / "s", settings, bins=10, dpi=30),
-        F.density_2d(rng.normal(size=(6, 6)), (-1, 1, -1, 1), tmp_path / "d", settings,
-                     exact_log_prob=rng.normal(size=(6, 6)), dpi=30),
-        F.trajectories_2d({"ode": rng.normal(size=(4, 5, 2)), "sde": rng.normal(size=(4, 5, 2))},
-                          np.linspace(0, 1, 5), pts, tmp_path / "t", settings, dpi=30),
-        F.vector_fields({"v": rng.normal(size=(2, 16, 2))}, pts[:16], (0.2, 0.8), tmp_path / "f",
-                        settings, points=[pts, pts], dpi=30),
-        F.nfe_quality({"euler": [{"nfe": 4, "energy": 0.1}, {"nfe": 8, "energy": -0.001}]}, "energy",
-                      tmp_path / "n", settings, floor=(0.0, 0.002), dpi=30),
+        F.density_2d(
+            rng.normal(size=(6, 6)),
+            (-1, 1, -1, 1),
+            tmp_path / "d",
+            settings,
+            exact_log_prob=rng.normal(size=(6, 6)),
+            dpi=30,
+        ),
+        F.trajectories_2d(
+            {"ode": rng.normal(size=(4, 5, 2)), "sde": rng.normal(size=(4, 5, 2))},
+            np.linspace(0, 1, 5),
+            pts,
+            tmp_path / "t",
+            settings,
+            dpi=30,
+        ),
+        F.vector_fields(
+            {"v": rng.normal(size=(2, 16, 2))},
+            pts[:16],
+            (0.2, 0.8),
+            tmp_path / "f",
+            settings,
+            points=[pts, pts],
+            dpi=30,
+        ),
+        F.nfe_quality(
+            {"euler": [{"nfe": 4, "energy": 0.1}, {"nfe": 8, "energy": -0.001}]},
+            "energy",
+            tmp_path / "n",
+            settings,
+            floor=(0.0, 0.002),
+            dpi=30,
+        ),
         F.image_grid(rng.uniform(-1, 1, (10, 8, 8, 1)), tmp_path / "g", settings, dpi=30),
-        F.image_trajectories({"ode": rng.uniform(-1, 1, (2, 3, 8, 8, 3))}, np.linspace(0, 1, 3),
-                             tmp_path / "it", settings, dpi=30),
+        F.image_trajectories(
+            {"ode": rng.uniform(-1, 1, (2, 3, 8, 8, 3))},
+            np.linspace(0, 1, 3),
+            tmp_path / "it",
+            settings,
+            dpi=30,
+        ),
     ]
     for png in made:
         assert png.suffix == ".png" and png.stat().st_size > 1000

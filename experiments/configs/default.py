@@ -83,11 +83,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # ------------------------------------------------------------------ data
     config.data = data = ml_collections.ConfigDict()
-    data.name = "eight_gaussians"  # toy (checkerboard, moons, eight_gaussians, spirals), digits, tfds
-    data.data_dir = ""  # tfds: where data sets are prepared ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    data.name = (
+        "eight_gaussians"  # toy (checkerboard, moons, eight_gaussians, spirals), digits, tfds
+    )
+    data.data_dir = (
+        ""  # tfds: where data sets are prepared ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    )
     data.train_split = "train"
     data.eval_split = "test"
-    data.num_train = config_dict.placeholder(int)  # toy: size of the fixed training sample (100,000)
+    data.num_train = config_dict.placeholder(
+        int
+    )  # toy: size of the fixed training sample (100,000)
     data.num_eval = config_dict.placeholder(int)  # toy: size of the held-out sample (10,000)
     data.dequantize = False  # images: uniform dequantization (needed for valid bits/dim)
     data.random_flip = config_dict.placeholder(bool)  # images: None = the data set's default
@@ -112,7 +118,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "channels": 64,
             "channel_mults": (1, 2, 2),
             "num_res_blocks": 2,
-            "attention_resolutions": config_dict.placeholder(tuple),  # None: every level but the first
+            "attention_resolutions": config_dict.placeholder(
+                tuple
+            ),  # None: every level but the first
             "dropout": 0.1,
             "num_groups": 32,
             "head_dim": 64,
@@ -208,7 +216,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ev.classifier_dir = ""  # "" = $FLOWJAX_CACHE/classifiers or ~/.cache/flowjax/classifiers
     ev.classifier_steps = 2000
     ev.inception = False  # Inception FID/KID: needs inception_weights
-    ev.inception_weights = ""  # path to the Inception-v3 weights (.npz, see experiments/evaluation.py)
+    ev.inception_weights = (
+        ""  # path to the Inception-v3 weights (.npz, see experiments/evaluation.py)
+    )
     ev.inception_batch_size = 50
     ev.kid_subset_size = 1000
     ev.kid_num_subsets = 100

@@ -29,12 +29,19 @@ def get_config(arg: str | None = None):
         "ode_dopri5": default.sampler(solver="dopri5", adaptive=True, rtol=1e-4, atol=1e-4),
         "ode_euler": default.sampler(solver="euler", num_steps=200, time_grid="edm"),
         "sde_reverse": default.sampler(
-            method="sde", solver="euler", num_steps=400 if not local else 100, sigma="reverse",
+            method="sde",
+            solver="euler",
+            num_steps=400 if not local else 100,
+            sigma="reverse",
             time_grid="edm",
         ),
         "pc": default.sampler(
-            method="pc", solver="euler", num_steps=200 if not local else 50, sigma="reverse",
-            corrector_steps=1, time_grid="edm",
+            method="pc",
+            solver="euler",
+            num_steps=200 if not local else 50,
+            sigma="reverse",
+            corrector_steps=1,
+            time_grid="edm",
         ),
     }
     config.eval.nfe_sweep.samplers = ("ode_euler", "sde_reverse", "ode_dopri5")
