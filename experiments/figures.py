@@ -24,9 +24,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.collections import LineCollection
 
 __all__ = [
     "density_2d",
@@ -187,7 +187,7 @@ def vector_fields(
     underneath (where the field matters)."""
     names = list(fields)
     grid = np.asarray(grid)
-    per_row = int(round(math.sqrt(len(grid))))
+    per_row = round(math.sqrt(len(grid)))
     fig, axes = plt.subplots(
         len(names), len(times), figsize=(3.3 * len(times), 3.3 * len(names)), squeeze=False
     )
@@ -299,7 +299,7 @@ def image_grid(
 ) -> Path:
     """A grid of images ``[N, H, W, C]`` (values clipped to ``value_range``)."""
     images = np.asarray(images)
-    ncol = ncol or int(math.ceil(math.sqrt(len(images))))
+    ncol = ncol or math.ceil(math.sqrt(len(images)))
     tiled = _tile(images, value_range, ncol)
     size = max(3.0, min(12.0, 0.12 * tiled.shape[1]))
     fig, ax = plt.subplots(figsize=(size, size * tiled.shape[0] / tiled.shape[1] + 0.4))

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -443,10 +442,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
 
     mesh = T.make_mesh()
     n_dev = jax.device_count()
-    if cfg.training.batch_size % n_dev:
+    _choice(cfg.training.remat, ("none", "blocks", "dots", "blocks_dots"), "training.remat")
+    accum = cfg.training.grad_accum_steps
+    if accum < 1 or cfg.training.batch_size % (n_dev * accum):
         raise ConfigError(
-            f"config key 'training.batch_size' = {cfg.training.batch_size} is not divisible by the "
-            f"{n_dev} devices"
+            f"config key 'training.batch_size' = {cfg.training.batch_size} must be divisible by the "
+            f"{n_dev} devices times 'training.grad_accum_steps' = {accum} (>= 1)"
         )
     if cfg.training.batch_size > train_ds.num_examples:
         raise ConfigError(
@@ -607,6 +608,8 @@ def _train(exp: Experiment) -> T.TrainResult:
         mesh=exp.mesh,
         ema_decay=tc.ema_decay or None,
         ema_warmup=tc.ema_warmup,
+        grad_accum_steps=tc.grad_accum_steps,
+        remat=None if tc.remat == "none" else tc.remat,
     )
     it = D.make_iterator(exp.train_ds, global_batch_size=tc.batch_size, seed=cfg.seed)
     ckpt = T.Checkpointer(exp.file(CHECKPOINT_DIR), max_to_keep=tc.max_to_keep)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from filelock import FileLock
 
 import flowjax as fj
 from experiments import train as xt
@@ -81,10 +82,20 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    """One tiny end-to-end run shared by the tests that read its workdir (never modified)."""
-    wd = tmp_path_factory.mktemp("toy") / "run"
-    result = xt.train_and_evaluate(tiny_toy(), wd)
-    return wd, result
+    """One tiny end-to-end run shared by the tests that read its workdir (never modified).
+
+    Under pytest-xdist the workers share it: the first to take the lock runs it, the others read
+    the returned result (saved beside the workdir, not eval.json) instead of training again.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # common to every worker of this session
+    wd, saved = root / "toy_run" / "run", root / "toy_run" / "returned.json"
+    with FileLock(str(root / "toy_run.lock")):
+        if not saved.exists():
+            result = xt.train_and_evaluate(tiny_toy(), wd)
+            saved.write_text(json.dumps(xt._jsonable(result)))
+    return wd, json.loads(saved.read_text())
 
 
 def copy_run(toy_run, tmp_path) -> Path:
@@ -138,9 +149,7 @@ def test_toy_run_writes_a_workdir_that_explains_itself(toy_run):
     assert T.Checkpointer(wd / "checkpoints").all_steps() == [20, 40]
     records = T.read_jsonl(wd / "metrics.jsonl")
     assert [r["step"] for r in records] == [20, 40] and all(np.isfinite(r["loss"]) for r in records)
-    assert json.loads((wd / "eval.json").read_text()) == json.loads(
-        json.dumps(xt._jsonable(result))
-    )
+    assert json.loads((wd / "eval.json").read_text()) == result
     figures = sorted(p.name for p in (wd / "figures").glob("*.png"))
     assert figures == sorted(
         [
@@ -320,6 +329,16 @@ BAD_CONFIGS = {
         xt.ConfigError,
         "8 classes",
     ),
+    "unknown remat": (
+        _bad(**{"training.remat": "all"}),
+        xt.ConfigError,
+        r"training\.remat.*blocks",
+    ),
+    "batch not divisible into micro-batches": (
+        _bad(**{"training.grad_accum_steps": 3}),
+        xt.ConfigError,
+        r"batch_size.*128.*grad_accum_steps.*3",
+    ),
     "likelihood solver": (_bad(**{"eval.nll.solver": "rk99"}), xt.ConfigError, "eval.nll.*rk99"),
     "absent data set": (
         _bad(**{"data.name": "mnist", "data.data_dir": "/nonexistent/tfds"}),
@@ -365,7 +384,7 @@ def test_a_wrong_type_is_named():
 def test_an_unwritable_workdir_is_named(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with pytest.raises(PermissionError, match="a_file/run.*not writable"):
+    with pytest.raises(PermissionError, match=r"a_file/run.*not writable"):
         xt.train_and_evaluate(tiny_toy(), blocker / "run")
 
 
@@ -465,3 +484,51 @@ def test_make_loss_and_the_train_step_fit_together():
     state, metrics = step(state, {"x": np.zeros((4, 2), np.float32)})
     assert {"loss", "grad_norm", "mse", "mse_score"} <= set(metrics)
     assert int(state.step) == 1
+
+
+# ------------------------------------------------------------------ the README's main job
+
+README_INSTALL = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt -e . && "
+)
+
+
+def test_readme_first_command_is_the_main_job_with_a_real_config_and_valid_flags():
+    import shlex
+
+    from experiments import main as xm
+
+    readme = (ROOT / "README.md").read_text()
+    commands = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+        for line in block.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    first = commands[0]
+    assert first.startswith(README_INSTALL), first
+    assert "pytest" in commands[1]  # the test command stays the second
+    argv = shlex.split(first[len(README_INSTALL) :])
+    assert argv[:3] == ["python", "-m", "experiments.main"], argv
+    given: dict[str, str] = {}
+    rest = argv[3:]
+    while rest:
+        arg = rest.pop(0)
+        assert arg.startswith("--"), arg
+        name, eq, value = arg[2:].partition("=")
+        given[name] = value if eq else rest.pop(0)
+    known = set(xm.FLAGS)
+    assert set(given) <= known, sorted(set(given) - known)
+    assert {"config", "workdir"} <= set(given)
+    assert "mode" not in given or given["mode"] in ("train", "sample", "eval", "all")
+    config_file, _, arg = given["config"].partition(":")
+    assert (ROOT / config_file).is_file(), config_file
+    mod = importlib.import_module(config_file.removesuffix(".py").replace("/", "."))
+    cfg = mod.get_config(arg or None)
+    xt.check_config(cfg)
+    # the main job: flow matching on 2-D data, sampled with an ODE and an SDE, NLL and figures on
+    assert cfg.loss.prediction == "velocity" and cfg.data.name in D.TOY_DATASETS
+    methods = {s.method for s in cfg.sampling.samplers.values()}
+    assert {"ode", "sde"} <= methods and cfg.eval.nll.enabled and cfg.figures.enabled
+    # the README's Launching section launches the same config
+    assert f"--config {given['config']} --workdir" in readme.split("## Launching", 1)[1]

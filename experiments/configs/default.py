@@ -159,6 +159,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training = training = ml_collections.ConfigDict()
     training.num_steps = 3000
     training.batch_size = 512  # global, over all devices and processes
+    training.grad_accum_steps = 1  # micro-batches per step (same update, 1/k of the activations)
+    training.remat = "none"  # none | blocks | dots | blocks_dots (activation rematerialisation)
     training.log_every = 250
     training.checkpoint_every = 1000
     training.max_to_keep = 3
