@@ -1,6 +1,6 @@
 r"""Train, sample and evaluate flowjax experiments from the command line.
 
-    python -m experiments.main --config experiments/configs/default.py --workdir runs/quickstart
+    python -m experiments.main --config experiments/configs/default.py --workdir /tmp/flowjax_run
     python -m experiments.main --config experiments/configs/digits.py:fm --workdir runs/digits_fm \
         --config.training.num_steps=20000 --mode=train
 

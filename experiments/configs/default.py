@@ -1,15 +1,17 @@
 """Default experiment, and the schema every other config inherits: flow matching on 8-Gaussians.
 
 Conditional flow matching (CondOT path, velocity prediction) with an MLP on the 8-Gaussians ring
-(radius 4, std 0.5), whose exact density the oracle knows. It trains on CPU in about a minute and
-is evaluated with an adaptive ODE sampler, a fixed-step Euler ODE and the reverse SDE:
+(radius 4, std 0.5), whose exact density the oracle knows. The whole run takes about a minute of
+CPU time (3 minutes of wall time measured on a shared, heavily loaded 2-core machine). It is
+evaluated with an adaptive ODE sampler (dopri5), a fixed-step Euler ODE and an SDE (the SDE
+extension with constant sigma_t = 0.5, Euler-Maruyama):
 sample quality (energy distance, sliced W2, MMD against held-out data, each with its
 finite-sample floor), the exact NLL gap (model NLL minus the true entropy), NFE against quality,
 and figures.
 
 Launch (the README's main job)::
 
-    python -m experiments.main --config experiments/configs/default.py --workdir runs/quickstart
+    python -m experiments.main --config experiments/configs/default.py --workdir /tmp/flowjax_run
 
 Overrides: ``--config.training.num_steps=10000 --config.optim.lr=3e-4``. Local variant
 (``default.py:local``): a smaller and shorter run for smoke tests.
