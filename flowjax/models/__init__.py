@@ -1,6 +1,7 @@
 """Flax models (the only place Flax modules live) and their pytree boundary.
 
-* :class:`MLP` for low-dimensional data ``[B, d]``; :class:`UNet` for images ``[B, H, W, C]``.
+* :class:`MLP` for low-dimensional data ``[B, d]``; :class:`UNet` for images ``[B, H, W, C]``;
+  :class:`Classifier`, a time-dependent classifier ``(x_t, t) -> logits`` for classifier guidance.
 * Every model is called as ``model.apply({"params": params}, x, t, label=None, train=False)`` with
   ``t`` in [0, 1] (``[B]`` or scalar) and returns an array of ``x``'s shape; class-conditional models
   (``num_classes=K``) embed ``K + 1`` classes, ``K`` (or ``label=None``) being the null label.
@@ -17,6 +18,7 @@ from flowjax.models._api import (
     model_fn,
     summary,
 )
+from flowjax.models._classifier import Classifier
 from flowjax.models._common import ACTIVATIONS, TIME_EMBEDDINGS
 from flowjax.models._embeddings import (
     ClassEmbedding,
@@ -34,6 +36,7 @@ __all__ = [
     "TIME_EMBEDDINGS",
     "AttentionBlock",
     "ClassEmbedding",
+    "Classifier",
     "FourierEmbedding",
     "ModelFn",
     "ResBlock",
