@@ -14,18 +14,27 @@ conversions. Submodules:
 * :mod:`flowjax.models` — Flax MLP and U-Net (the only Flax modules), behind a pytree boundary.
 * :mod:`flowjax.sampling` — one ``sample()``: flow / probability-flow ODE, SDE of any sigma_t,
   Langevin and predictor-corrector, classifier-free guidance, NFE reported.
-* :mod:`flowjax.training` — train state, optimizer, sharded train step, EMA, checkpoints, metrics.
+* :mod:`flowjax.training` — train state, optimizer, sharded train step, EMA, checkpoints, metrics,
+  mixed precision, gradient accumulation, remat, fsdp, multi-process initialisation.
+* :mod:`flowjax.distributed` — sampling and likelihoods over all devices of all processes.
+* :mod:`flowjax.guidance` — classifier guidance, oracle conditional models and classifiers.
+* :mod:`flowjax.inverse` — posterior sampling for ``y = A x + n``: exact (oracle), DPS, PiGDM.
+* :mod:`flowjax.reflow` — rectified flow: ODE couplings, retraining, straightness.
 """
 
 from flowjax import (
     data,
     distances,
+    distributed,
+    guidance,
+    inverse,
     likelihood,
     losses,
     models,
     oracle,
     parameterization,
     paths,
+    reflow,
     training,
 )
 from flowjax._validation import checked, checking
@@ -64,13 +73,17 @@ __all__ = [
     "convert",
     "data",
     "distances",
+    "distributed",
     "get_path",
+    "guidance",
+    "inverse",
     "likelihood",
     "losses",
     "models",
     "oracle",
     "parameterization",
     "paths",
+    "reflow",
     "sample",
     "sampling",
     "training",
