@@ -2,7 +2,7 @@
 
 Conditional flow matching (CondOT path, velocity prediction) with an MLP on the 8-Gaussians ring
 (radius 4, std 0.5), whose exact density the oracle knows. The whole run takes about a minute of
-CPU time (3 minutes of wall time measured on a shared, heavily loaded 2-core machine). It is
+CPU time (1.5 to 3 minutes of wall time measured on a busy, shared 2-core machine). It is
 evaluated with an adaptive ODE sampler (dopri5), a fixed-step Euler ODE and an SDE (the SDE
 extension with constant sigma_t = 0.5, Euler-Maruyama):
 sample quality (energy distance, sliced W2, MMD against held-out data, each with its
