@@ -91,9 +91,11 @@ class _Config(NamedTuple):
 def _concrete_float(fn: Callable[[], Any]) -> float | None:
     """``float(fn())`` if it can be evaluated now, else ``None`` (a traced path)."""
     try:
-        val = fn()
-    except jax.errors.ConcretizationTypeError:  # pragma: no cover - traced path fields
-        return None
+        # evaluated now even inside a caller's jit (a path's fields are constants there too)
+        with jax.ensure_compile_time_eval():
+            val = fn()
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None  # a traced path
     return float(np.asarray(val)) if v.is_concrete(val) else None
 
 
