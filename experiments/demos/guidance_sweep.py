@@ -1,6 +1,6 @@
 """Guidance sweeps over the weight w: classification accuracy and distance to the class-conditional.
 
-Usage (from the repository root): ``python -m experiments.demos.guidance_sweep OUT_DIR [--quick]``
+Usage (from the repository root): ``python -m experiments.demos.guidance_sweep [--out-dir DIR] [--quick]``
 
 Three settings, each swept over w (0 = unconditional, 1 = conditional, > 1 sharpened):
 
@@ -77,7 +77,7 @@ def toy_sweep(name, cfg_model, cg_model_fn, clf, n, key, ref2):
 
 
 def main():
-    args = C.parse_args(__doc__)
+    args = C.parse_args(__doc__, "guidance_sweep")
     q = args.quick
     key = jax.random.PRNGKey(args.seed)
     n = 500 if q else 2000

@@ -1,6 +1,6 @@
 """Inpainting and denoising 8x8 digits with a small learned prior: DPS and PiGDM.
 
-Usage (from the repository root): ``python -m experiments.demos.inpainting_digits OUT_DIR [--quick]``
+Usage (from the repository root): ``python -m experiments.demos.inpainting_digits [--out-dir DIR] [--quick]``
 
 Prior: an unconditional MLP velocity model (CondOT) on flattened digits in ``[-1, 1]`` (train
 split). Test digits (test split), one measurement each:
@@ -88,7 +88,7 @@ def metrics(x, truth, op, y, unobserved, evaluator, labels, noise):
 
 
 def main():
-    args = C.parse_args(__doc__)
+    args = C.parse_args(__doc__, "inpainting_digits")
     q = args.quick
     t0 = time.time()
     xtr, _ = C.digits("train")

@@ -1,6 +1,6 @@
 """Posterior sampling on the 2-D mixture observed through one coordinate: DPS and PiGDM vs exact.
 
-Usage (from the repository root): ``python -m experiments.demos.mixture_posterior_2d OUT_DIR [--quick]``
+Usage (from the repository root): ``python -m experiments.demos.mixture_posterior_2d [--out-dir DIR] [--quick]``
 
 Prior: the 8-Gaussians ring (radius 4, std 0.5). Measurement: ``y = x[0] + n``, ``n ~ N(0, 0.5^2)``,
 for several ``y``. The exact posterior is a Gaussian mixture (``flowjax.inverse.exact_posterior``);
@@ -48,7 +48,7 @@ _ed = jax.jit(energy_distance)
 
 
 def main():
-    args = C.parse_args(__doc__)
+    args = C.parse_args(__doc__, "mixture_posterior_2d")
     q = args.quick
     n = 500 if q else 2000
     mix = eight_gaussians()
