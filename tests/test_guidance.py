@@ -174,6 +174,22 @@ def test_add_score_term_drops_only_undefined_terms():
     del x
 
 
+def test_classifier_guidance_start_switches_the_term_off_before_it():
+    model = MIX.model_fn(PATH)
+    clf = G.oracle_classifier(MIX, PATH)
+    labels = jnp.array([2, 2, 5])
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2))
+    t = jnp.array([0.2, 0.6, 0.9])
+    late = G.classifier_guided(model, clf, labels, scale=2.0, path=PATH, guidance_start=0.5)
+    always = G.classifier_guided(model, clf, labels, scale=2.0, path=PATH)
+    out, base, full = late(x, t), model(x, t), always(x, t)
+    np.testing.assert_allclose(out[0], base[0], atol=1e-6)  # t < start: the prior alone
+    np.testing.assert_allclose(out[1:], full[1:], atol=1e-6)  # t >= start: guided
+    assert float(jnp.min(jnp.abs(full[1:] - base[1:]))) > 1e-3
+    with pytest.raises(ValueError, match="guidance_start must be a scalar"):
+        G.classifier_guided(model, clf, labels, path=PATH, guidance_start=jnp.ones(2))
+
+
 # ------------------------------------------------------------------ a learned classifier
 
 
@@ -346,7 +362,7 @@ def test_cfg_on_digits_trained_with_label_dropout():
     net = M.MLP(hidden=(128, 128), num_classes=10)
     params = M.init(net, jax.random.PRNGKey(0), jnp.zeros((1, 64)))
     loss_fn = L.make_loss(M.make_apply_fn(net), PATH, num_classes=10, label_dropout=0.2)
-    steps, bs = 250, 128
+    steps, bs = 150, 128
     opt = T.make_optimizer("adam", 2e-3, schedule="cosine", total_steps=steps)
     step = T.make_train_step(loss_fn, opt, mesh=T.make_mesh(), ema_decay=None)
     state = T.create_train_state(params, opt, jax.random.PRNGKey(1), ema=False)
