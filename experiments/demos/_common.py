@@ -30,6 +30,12 @@ def parse_args(doc: str, name: str, argv: list[str] | None = None) -> argparse.N
         help="directory for the figures (png) and the numbers (json)",
     )
     p.add_argument("--quick", action="store_true", help="much smaller sizes (a minute or two)")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="override the training steps of the demo's models (default: by --quick)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,7 @@ def main():
                               G.oracle_classifier(MIX, PATH), n, key, ref2)  # fmt: skip
 
     # ---------------------------------------------------------------- 2. learned toy models
-    steps = 600 if q else 4000
+    steps = args.train_steps or (600 if q else 4000)
     data_x, data_l = MIX.sample_with_labels(jax.random.PRNGKey(200), 100_000)
     arrays = {"x": C.as_f32(data_x), "label": np.asarray(data_l, np.int32)}
     net = M.MLP(hidden=(256, 256, 256), num_classes=K)
@@ -129,7 +129,7 @@ def main():
     dnet = M.MLP(hidden=(512, 512, 512), num_classes=10)
     dp0 = M.init(dnet, jax.random.PRNGKey(300), jnp.zeros((1, 64)))
     dloss = L.make_loss(M.make_apply_fn(dnet), PATH, num_classes=10, label_dropout=0.2)
-    dparams = C.train(dloss, dp0, {"x": dx, "label": dl}, steps=500 if q else 6000,
+    dparams = C.train(dloss, dp0, {"x": dx, "label": dl}, steps=args.train_steps or (500 if q else 6000),
                       batch_size=128, lr=1e-3, seed=3, label="digits CFG MLP")  # fmt: skip
     dfn = M.model_fn(dnet, dparams)
     nd = 200 if q else 1000

@@ -55,7 +55,7 @@ def main():
     op = I.MatrixOperator(jnp.array([[1.0, 0.0]]))
     t0 = time.time()
 
-    steps = 600 if q else 5000
+    steps = args.train_steps or (600 if q else 5000)
     net = M.MLP(hidden=(256, 256, 256))
     p0 = M.init(net, jax.random.PRNGKey(1), jnp.zeros((1, 2)))
     data = C.as_f32(mix.sample(jax.random.PRNGKey(2), 200_000))

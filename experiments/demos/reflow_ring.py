@@ -38,7 +38,7 @@ def main():
     args = C.parse_args(__doc__, "reflow_ring")
     q = args.quick
     n = 500 if q else 2000
-    steps = 800 if q else 6000
+    steps = args.train_steps or (800 if q else 6000)
     pairs = 5000 if q else 100_000
     mix = eight_gaussians()
     t0 = time.time()
