@@ -11,10 +11,10 @@ Three settings, each swept over w (0 = unconditional, 1 = conditional, > 1 sharp
    conditional gives ~0.75); the energy distance is that of class-2 samples to exact class-2 data.
 2. **Learned toy**: a class-conditional MLP trained with label dropout 0.2 (CFG), and a
    time-dependent Classifier trained on noisy data guiding the same network's unconditional output
-   (classifier guidance).
+   (classifier guidance, from t = 0 and from ``guidance_start`` = 0.1).
 3. **Digits**: a class-conditional MLP on flattened 8x8 digits with label dropout; accuracy of CFG
    samples under a logistic-regression digit classifier, and the energy distance of all samples to
-   the training digits, against w.
+   the training digits, against w (probability-flow ODE; reverse SDE at w = 0, 1, 3).
 
 Writes ``guidance_sweep.json`` and ``guidance_sweep.png``, ``guidance_digits.png``.
 """
