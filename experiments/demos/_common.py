@@ -20,13 +20,24 @@ from flowjax import data as D
 from flowjax import training as T
 
 
-def parse_args(doc: str) -> argparse.Namespace:
-    """``OUT_DIR`` (created) and ``--quick`` (a smaller run for smoke tests)."""
+def parse_args(doc: str, name: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """``--out-dir`` (default ``/tmp/flowjax_demos/<name>``, created) and ``--quick`` (small run)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("out_dir", type=Path, help="directory for the figures and the JSON numbers")
-    p.add_argument("--quick", action="store_true", help="much smaller sizes (a smoke test)")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("/tmp/flowjax_demos") / name,
+        help="directory for the figures (png) and the numbers (json)",
+    )
+    p.add_argument("--quick", action="store_true", help="much smaller sizes (a minute or two)")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="override the training steps of the demo's models (default: by --quick)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     return args
 

@@ -1,6 +1,6 @@
 """Guidance sweeps over the weight w: classification accuracy and distance to the class-conditional.
 
-Usage (from the repository root): ``python -m experiments.demos.guidance_sweep OUT_DIR [--quick]``
+Usage (from the repository root): ``python -m experiments.demos.guidance_sweep [--out-dir DIR] [--quick]``
 
 Three settings, each swept over w (0 = unconditional, 1 = conditional, > 1 sharpened):
 
@@ -11,10 +11,10 @@ Three settings, each swept over w (0 = unconditional, 1 = conditional, > 1 sharp
    conditional gives ~0.75); the energy distance is that of class-2 samples to exact class-2 data.
 2. **Learned toy**: a class-conditional MLP trained with label dropout 0.2 (CFG), and a
    time-dependent Classifier trained on noisy data guiding the same network's unconditional output
-   (classifier guidance).
+   (classifier guidance, from t = 0 and from ``guidance_start`` = 0.1).
 3. **Digits**: a class-conditional MLP on flattened 8x8 digits with label dropout; accuracy of CFG
    samples under a logistic-regression digit classifier, and the energy distance of all samples to
-   the training digits, against w.
+   the training digits, against w (probability-flow ODE; reverse SDE at w = 0, 1, 3).
 
 Writes ``guidance_sweep.json`` and ``guidance_sweep.png``, ``guidance_digits.png``.
 """
@@ -42,6 +42,10 @@ MIX = eight_gaussians(radius=1.5, std=0.5)
 K = MIX.num_components
 WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
 ODE = dict(solver="heun", num_steps=50)
+DIGIT_SAMPLERS = {
+    "ode": dict(solver="heun", num_steps=50),
+    "sde": dict(method="sde", sigma="reverse", num_steps=200),
+}
 _ed = jax.jit(energy_distance)
 
 
@@ -49,21 +53,25 @@ def bayes_rate(x, labels):
     return float(jnp.mean(jnp.argmax(MIX.responsibilities(PATH, x, 1.0), -1) == labels))
 
 
-def toy_sweep(name, cfg_model, cg_model_fn, clf, n, key, ref2):
-    """Accuracy and class-2 energy distance of CFG and CG samples for every w."""
+def toy_sweep(name, cfg_model, cg_model_fn, clf, n, key, ref2, cg_starts=(0.0,)):
+    """Accuracy and class-2 energy distance of CFG and CG samples for every w.
+
+    ``cg_starts``: classifier guidance from each ``guidance_start`` (``cg`` for 0, else
+    ``cg_start{s}``)."""
     labels = jnp.arange(n, dtype=jnp.int32) % K
     two = jnp.full((n,), 2, jnp.int32)
+    kinds = ["cfg"] + ["cg" if s == 0 else f"cg_start{s}" for s in cg_starts]
     rows = []
     for w in WEIGHTS:
         row = {"w": w}
-        for kind in ("cfg", "cg"):
+        for kind, start in zip(kinds, (None, *cg_starts), strict=True):
             for lab, what in ((labels, "acc"), (two, "ed")):
                 if kind == "cfg":
-                    x = sample(cfg_model, PATH, key, (n, 2), cond=lab, guidance_scale=w,
-                               null_cond=jnp.int32(K), **ODE).samples  # fmt: skip
+                    model = G.classifier_free(cfg_model, lab, scale=w, num_classes=K)
                 else:
-                    g = G.classifier_guided(cg_model_fn, clf, lab, scale=w, path=PATH)
-                    x = sample(g, PATH, key, (n, 2), **ODE).samples
+                    model = G.classifier_guided(cg_model_fn, clf, lab, scale=w, path=PATH,
+                                                guidance_start=start)  # fmt: skip
+                x = sample(model, PATH, key, (n, 2), **ODE).samples
                 if what == "acc":
                     row[f"{kind}_accuracy"] = bayes_rate(x, lab)
                 else:
@@ -77,11 +85,12 @@ def toy_sweep(name, cfg_model, cg_model_fn, clf, n, key, ref2):
 
 
 def main():
-    args = C.parse_args(__doc__)
+    args = C.parse_args(__doc__, "guidance_sweep")
     q = args.quick
     key = jax.random.PRNGKey(args.seed)
     n = 500 if q else 2000
-    out = {"weights": list(WEIGHTS), "path": "CondOT", "sampler": ODE}
+    out = {"weights": list(WEIGHTS), "path": "CondOT", "sampler": ODE,
+           "digit_samplers": DIGIT_SAMPLERS}  # fmt: skip
     t0 = time.time()
 
     # ---------------------------------------------------------------- 1. oracle
@@ -96,7 +105,7 @@ def main():
                               G.oracle_classifier(MIX, PATH), n, key, ref2)  # fmt: skip
 
     # ---------------------------------------------------------------- 2. learned toy models
-    steps = 600 if q else 4000
+    steps = args.train_steps or (600 if q else 4000)
     data_x, data_l = MIX.sample_with_labels(jax.random.PRNGKey(200), 100_000)
     arrays = {"x": C.as_f32(data_x), "label": np.asarray(data_l, np.int32)}
     net = M.MLP(hidden=(256, 256, 256), num_classes=K)
@@ -110,7 +119,8 @@ def main():
     closs = G.make_classifier_loss(M.make_apply_fn(clf_net), PATH, num_classes=K)
     cparams = C.train(closs, c0, arrays, steps=steps // 2, batch_size=512, lr=3e-3, seed=2,
                       label="toy classifier")  # fmt: skip
-    out["learned"] = toy_sweep("learned", fn, fn, M.model_fn(clf_net, cparams), n, key, ref2)
+    out["learned"] = toy_sweep("learned", fn, fn, M.model_fn(clf_net, cparams), n, key, ref2,
+                               cg_starts=(0.0, 0.1))  # fmt: skip
 
     # ---------------------------------------------------------------- 3. digits CFG
     dx, dl = C.digits("train")
@@ -119,7 +129,7 @@ def main():
     dnet = M.MLP(hidden=(512, 512, 512), num_classes=10)
     dp0 = M.init(dnet, jax.random.PRNGKey(300), jnp.zeros((1, 64)))
     dloss = L.make_loss(M.make_apply_fn(dnet), PATH, num_classes=10, label_dropout=0.2)
-    dparams = C.train(dloss, dp0, {"x": dx, "label": dl}, steps=500 if q else 6000,
+    dparams = C.train(dloss, dp0, {"x": dx, "label": dl}, steps=args.train_steps or (500 if q else 6000),
                       batch_size=128, lr=1e-3, seed=3, label="digits CFG MLP")  # fmt: skip
     dfn = M.model_fn(dnet, dparams)
     nd = 200 if q else 1000
@@ -127,14 +137,20 @@ def main():
     ref = jnp.asarray(dx)
     drows, grids = [], {}
     for w in WEIGHTS:
-        x = sample(dfn, PATH, jax.random.PRNGKey(301), (nd, 64), cond=dlabels, guidance_scale=w,
-                   null_cond=jnp.int32(10), solver="heun", num_steps=50).samples  # fmt: skip
-        x = np.clip(C.as_f32(x), -1, 1)
-        acc = float(np.mean(evaluator.predict(x) == np.asarray(dlabels)))
-        d = float(_ed(jnp.asarray(x), ref))
-        drows.append({"w": w, "accuracy": acc, "energy_distance_to_train": d})
-        grids[w] = x[:40]
-        print(f"[digits] w={w}: accuracy={acc:.3f}, energy distance to train={d:.3f}")
+        guided = G.classifier_free(dfn, dlabels, scale=w)  # K = 10 read from the model
+        row = {"w": w}
+        for sname, kw in DIGIT_SAMPLERS.items():
+            if sname == "sde" and w not in (0.0, 1.0, 3.0):
+                continue
+            x = sample(guided, PATH, jax.random.PRNGKey(301), (nd, 64), **kw).samples
+            x = np.clip(C.as_f32(x), -1, 1)
+            sfx = "" if sname == "ode" else "_sde"
+            row[f"accuracy{sfx}"] = float(np.mean(evaluator.predict(x) == np.asarray(dlabels)))
+            row[f"energy_distance_to_train{sfx}"] = float(_ed(jnp.asarray(x), ref))
+            if sname == "ode":
+                grids[w] = x[:40]
+        drows.append(row)
+        print(f"[digits] w={w}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "w"))
     half = len(dx) // 2
     out["digits_data_floor_energy_distance"] = float(_ed(ref[:half], ref[half:]))
     out["digits"] = drows
@@ -147,6 +163,9 @@ def main():
         ax = axes[0, 2 * col]
         ax.plot(WEIGHTS, [r["cfg_accuracy"] for r in rows], "o-", label="classifier-free")
         ax.plot(WEIGHTS, [r["cg_accuracy"] for r in rows], "s--", label="classifier guidance")
+        if "cg_start0.1_accuracy" in rows[0]:
+            ax.plot(WEIGHTS, [r["cg_start0.1_accuracy"] for r in rows], "^:",
+                    label="classifier guidance from t = 0.1")  # fmt: skip
         ax.axhline(exact_rate, color="k", lw=0.8, ls=":", label="exact conditional")
         ax.axhline(1 / K, color="gray", lw=0.8, ls=":", label="chance")
         ax.set(xlabel="w", ylabel="Bayes-classifier accuracy", title=f"{name}: accuracy")
@@ -154,6 +173,9 @@ def main():
         ax = axes[0, 2 * col + 1]
         ax.semilogy(WEIGHTS, [max(r["cfg_energy_distance"], 1e-5) for r in rows], "o-", label="CFG")
         ax.semilogy(WEIGHTS, [max(r["cg_energy_distance"], 1e-5) for r in rows], "s--", label="CG")
+        if "cg_start0.1_energy_distance" in rows[0]:
+            ax.semilogy(WEIGHTS, [max(r["cg_start0.1_energy_distance"], 1e-5) for r in rows], "^:",
+                        label="CG from t = 0.1")  # fmt: skip
         ax.axhline(float(m + 4 * s), color="k", lw=0.8, ls=":", label="floor m+4s")
         ax.set(xlabel="w", ylabel="energy distance to class 2", title=f"{name}: class-2 fidelity")
         ax.legend(fontsize=8)

@@ -1,6 +1,6 @@
 """Inpainting and denoising 8x8 digits with a small learned prior: DPS and PiGDM.
 
-Usage (from the repository root): ``python -m experiments.demos.inpainting_digits OUT_DIR [--quick]``
+Usage (from the repository root): ``python -m experiments.demos.inpainting_digits [--out-dir DIR] [--quick]``
 
 Prior: an unconditional MLP velocity model (CondOT) on flattened digits in ``[-1, 1]`` (train
 split). Test digits (test split), one measurement each:
@@ -88,7 +88,7 @@ def metrics(x, truth, op, y, unobserved, evaluator, labels, noise):
 
 
 def main():
-    args = C.parse_args(__doc__)
+    args = C.parse_args(__doc__, "inpainting_digits")
     q = args.quick
     t0 = time.time()
     xtr, _ = C.digits("train")
@@ -101,7 +101,7 @@ def main():
     net = M.MLP(hidden=(512, 512, 512))
     p0 = M.init(net, jax.random.PRNGKey(1), jnp.zeros((1, 64)))
     params = C.train(L.make_loss(M.make_apply_fn(net), PATH), p0, {"x": xtr},
-                     steps=500 if q else 8000, batch_size=128, lr=1e-3, seed=2,
+                     steps=args.train_steps or (500 if q else 8000), batch_size=128, lr=1e-3, seed=2,
                      label="digits prior MLP")  # fmt: skip
     prior = M.model_fn(net, params)
     uncond = C.as_f32(sample(prior, PATH, jax.random.PRNGKey(3), (40, 64), solver="heun",

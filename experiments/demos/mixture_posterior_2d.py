@@ -1,6 +1,6 @@
 """Posterior sampling on the 2-D mixture observed through one coordinate: DPS and PiGDM vs exact.
 
-Usage (from the repository root): ``python -m experiments.demos.mixture_posterior_2d OUT_DIR [--quick]``
+Usage (from the repository root): ``python -m experiments.demos.mixture_posterior_2d [--out-dir DIR] [--quick]``
 
 Prior: the 8-Gaussians ring (radius 4, std 0.5). Measurement: ``y = x[0] + n``, ``n ~ N(0, 0.5^2)``,
 for several ``y``. The exact posterior is a Gaussian mixture (``flowjax.inverse.exact_posterior``);
@@ -48,14 +48,14 @@ _ed = jax.jit(energy_distance)
 
 
 def main():
-    args = C.parse_args(__doc__)
+    args = C.parse_args(__doc__, "mixture_posterior_2d")
     q = args.quick
     n = 500 if q else 2000
     mix = eight_gaussians()
     op = I.MatrixOperator(jnp.array([[1.0, 0.0]]))
     t0 = time.time()
 
-    steps = 600 if q else 5000
+    steps = args.train_steps or (600 if q else 5000)
     net = M.MLP(hidden=(256, 256, 256))
     p0 = M.init(net, jax.random.PRNGKey(1), jnp.zeros((1, 2)))
     data = C.as_f32(mix.sample(jax.random.PRNGKey(2), 200_000))

@@ -1,6 +1,6 @@
 """Rectified flow on the 8-Gaussians ring: straightness and NFE-quality curves before and after reflow.
 
-Usage (from the repository root): ``python -m experiments.demos.reflow_ring OUT_DIR [--quick]``
+Usage (from the repository root): ``python -m experiments.demos.reflow_ring [--out-dir DIR] [--quick]``
 
 1. Train a 1-rectified flow (an MLP velocity, independent noise-data pairs, CondOT).
 2. Generate noise-sample couplings with its ODE (Heun, 100 steps) and retrain on them, warm-started
@@ -35,10 +35,10 @@ NFES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def main():
-    args = C.parse_args(__doc__)
+    args = C.parse_args(__doc__, "reflow_ring")
     q = args.quick
     n = 500 if q else 2000
-    steps = 800 if q else 6000
+    steps = args.train_steps or (800 if q else 6000)
     pairs = 5000 if q else 100_000
     mix = eight_gaussians()
     t0 = time.time()

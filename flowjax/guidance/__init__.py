@@ -1,9 +1,11 @@
 """Guidance: steering a diffusion / flow model towards a class.
 
 * Classifier-free guidance lives in the sampler (``flowjax.sampling.sample(..., cond=labels,
-  guidance_scale=w, null_cond=K)``, one batched model call); train for it with
-  ``flowjax.losses.make_loss(..., num_classes=K, label_dropout=p)``. :func:`conditional_oracle` is
-  its exact counterpart on a Gaussian mixture (components as classes, null label ``K``).
+  guidance_scale=w, null_cond=K)``, one batched model call); :func:`classifier_free` is its
+  class-label front end (labels checked against ``K`` eagerly, a ``model_fn(x, t)`` for any
+  sampler). Train for it with ``flowjax.losses.make_loss(..., num_classes=K, label_dropout=p)``.
+  :func:`conditional_oracle` is its exact counterpart on a Gaussian mixture (components as
+  classes, null label ``K``).
 * Classifier guidance, ``score(x | y) = score(x) + w grad_x log p_t(y | x)``:
   :func:`classifier_guided` wraps any unconditional ``model_fn`` (any prediction kind, any sampler)
   with a time-dependent classifier: :class:`flowjax.models.Classifier` trained by
@@ -18,6 +20,7 @@ from flowjax.guidance._classifier import (
     classifier_log_prob,
     classifier_score,
 )
+from flowjax.guidance._free import classifier_free
 from flowjax.guidance._loss import make_classifier_loss
 from flowjax.guidance._oracle import (
     ConditionalOracle,
@@ -32,6 +35,7 @@ __all__ = [
     "ConditionalOracle",
     "OracleClassifier",
     "add_score_term",
+    "classifier_free",
     "classifier_guided",
     "classifier_log_prob",
     "classifier_score",

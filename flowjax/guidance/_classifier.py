@@ -85,6 +85,7 @@ class ClassifierGuided(eqx.Module):
     path: AbstractPath
     prediction: str = eqx.field(static=True)
     num_classes: int | None = eqx.field(static=True, default=None)
+    guidance_start: Float[Array, ""] | float = 0.0
 
     def __call__(
         self, x: Float[Array, "B ..."], t: Float[ArrayLike, " B"]
@@ -97,9 +98,9 @@ class ClassifierGuided(eqx.Module):
             )
         pred = self.model_fn(x, t)
         grad = classifier_score(self.classifier_fn, x, t, self.labels)
-        return add_score_term(
-            pred, self.scale.astype(x.dtype) * grad, prediction=self.prediction, path=self.path, t=t
-        )
+        on = v.batch_time(t, grad) >= jnp.asarray(self.guidance_start, x.dtype)
+        term = jnp.where(on, self.scale.astype(x.dtype) * grad, 0.0)
+        return add_score_term(pred, term, prediction=self.prediction, path=self.path, t=t)
 
 
 def classifier_guided(
@@ -111,6 +112,7 @@ def classifier_guided(
     path: AbstractPath,
     prediction: str = "velocity",
     num_classes: int | None = None,
+    guidance_start: float = 0.0,
 ) -> ClassifierGuided:
     """Wrap an unconditional ``model_fn(x, t)`` into a classifier-guided ``model_fn(x, t)``.
 
@@ -126,6 +128,10 @@ def classifier_guided(
       path, prediction: the path and prediction kind of ``model_fn``.
       num_classes: ``K`` (default: read from the classifier when it has ``num_classes``); labels are
         checked against it now.
+      guidance_start: the classifier term is applied only for ``t >= guidance_start``. Near the
+        noise end the exact ``grad_x log p_t(y | x)`` vanishes (``p_0(y | x) = p(y)``) but a learned
+        classifier's does not, and converting it to a velocity multiplies it by ``A(t) ~ 1 / alpha``
+        (as in :mod:`flowjax.inverse`'s DPS); a small positive start keeps early steps on the prior.
 
     Valid ``t``: where ``model_fn`` is; the guidance term is dropped where ``alpha(t) = 0`` for
     velocity, x1 and v models (see :func:`flowjax.guidance.add_score_term`).
@@ -146,4 +152,9 @@ def classifier_guided(
     scale = v.as_float_array(scale, "scale")
     if scale.ndim != 0:
         raise ValueError(f"scale (the guidance weight) must be a scalar; got shape {scale.shape}")
-    return ClassifierGuided(model_fn, classifier_fn, labels, scale, path, prediction, k)
+    guidance_start = v.as_float_array(guidance_start, "guidance_start")
+    if guidance_start.ndim != 0:
+        raise ValueError(f"guidance_start must be a scalar time; got shape {guidance_start.shape}")
+    return ClassifierGuided(
+        model_fn, classifier_fn, labels, scale, path, prediction, k, guidance_start
+    )
