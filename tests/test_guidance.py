@@ -193,6 +193,7 @@ def test_classifier_guidance_start_switches_the_term_off_before_it():
 # ------------------------------------------------------------------ a learned classifier
 
 
+@pytest.mark.slow  # ~20 s; the mechanism is tested with the exact classifier above
 def test_learned_classifier_approaches_bayes_and_guides(exact_rate):
     """A small time-dependent Classifier trained by make_classifier_loss through flowjax.training
     reaches (within 3 points) the Bayes accuracy on noisy points, and guiding the exact

@@ -217,13 +217,11 @@ def test_nfe_matches_counted_model_calls():
 
     x = mix.sample(jax.random.PRNGKey(0), 1)
     for solver, n in [
-        ("euler", 7),
-        ("heun", 5),
-        ("midpoint", 5),
-        ("tsit5", 4),
-        ("bosh3", None),
-        ("dopri5", None),
-        ("dopri8", None),
+        ("euler", 7),  # fixed steps, one call per step
+        ("heun", 5),  # fixed, two stages
+        ("tsit5", 4),  # fixed, first-same-as-last
+        ("dopri5", None),  # adaptive, first-same-as-last (rejected steps counted)
+        ("dopri8", None),  # adaptive, not FSAL
     ]:
         count[0] = 0
         res = L.log_likelihood(model_fn, path, x, solver=solver, num_steps=n)
