@@ -362,11 +362,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes: a smoke run")
     parser.add_argument("--only", nargs="*", choices=list(SUITE), help="run only these parts")
+    parser.add_argument(
+        "--quick-parts",
+        nargs="*",
+        default=[],
+        choices=list(SUITE),
+        help="these parts in quick mode",
+    )
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument("--json", default="benchmarks.json")
     args = parser.parse_args()
     result: dict[str, Any] = {
-        "command": "python -m experiments.benchmarks.suite" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m experiments.benchmarks.suite", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "quick": args.quick,
         "machine": _machine(),
@@ -376,7 +383,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         print(f"[suite] {name} ...", file=sys.stderr, flush=True)
-        result[name] = fn(args.quick)
+        result[name] = fn(args.quick or name in args.quick_parts)
         result.setdefault("seconds", {})[name] = time.perf_counter() - t0
     result["load_average_at_end"] = os.getloadavg()
     with open(args.json, "w") as f:
