@@ -551,8 +551,9 @@ def load_or_train_classifier(
     return module, params, info
 
 
-def _batched_apply(module: nn.Module, params: Any, x: np.ndarray, batch: int, **kw) -> np.ndarray:
-    fn = jax.jit(lambda p, xb: module.apply({"params": p}, xb, **kw))
+def _in_padded_batches(fn: Any, params: Any, x: np.ndarray, batch: int) -> np.ndarray:
+    """``fn(params, xb)`` over ``x`` in batches of ``batch`` (the last one padded by repeating its
+    final row, so one compiled shape serves all), concatenated: ``[N, ...]``."""
     outs = []
     for i in range(0, len(x), batch):
         xb = np.asarray(x[i : i + batch], np.float32)
@@ -562,6 +563,11 @@ def _batched_apply(module: nn.Module, params: Any, x: np.ndarray, batch: int, **
         out = np.asarray(fn(params, jnp.asarray(xb)))
         outs.append(out[: len(out) - pad] if pad else out)
     return np.concatenate(outs)
+
+
+def _batched_apply(module: nn.Module, params: Any, x: np.ndarray, batch: int, **kw) -> np.ndarray:
+    fn = jax.jit(lambda p, xb: module.apply({"params": p}, xb, **kw))
+    return _in_padded_batches(fn, params, x, batch)
 
 
 def classifier_features(
@@ -862,13 +868,4 @@ def inception_features(
 ) -> np.ndarray:
     """2048-d ``pool3`` features of images ``[N, H, W, C]`` in ``[-1, 1]`` (C = 1 or 3), resized
     to ``size x size`` (299: the standard; smaller sizes >= 75 only for tests)."""
-    fn = _inception_fn(int(size))
-    outs = []
-    for i in range(0, len(images), batch_size):
-        xb = np.asarray(images[i : i + batch_size], np.float32)
-        pad = batch_size - len(xb) if len(images) > batch_size else 0
-        if pad:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-        out = np.asarray(fn(params, jnp.asarray(xb)))
-        outs.append(out[: len(out) - pad] if pad else out)
-    return np.concatenate(outs)
+    return _in_padded_batches(_inception_fn(int(size)), params, images, batch_size)
