@@ -6,6 +6,7 @@ evaluation arithmetic, Inception and figures in ``test_experiments_eval.py``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import json
@@ -22,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from filelock import FileLock
 
 import flowjax as fj
 from experiments import train as xt
@@ -91,7 +91,8 @@ def toy_run(tmp_path_factory):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # common to every worker of this session
     wd, saved = root / "toy_run" / "run", root / "toy_run" / "returned.json"
-    with FileLock(str(root / "toy_run.lock")):
+    with open(root / "toy_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not saved.exists():
             result = xt.train_and_evaluate(tiny_toy(), wd)
             saved.write_text(json.dumps(xt._jsonable(result)))
