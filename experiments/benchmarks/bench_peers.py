@@ -553,14 +553,7 @@ def w3_likelihood(peers: dict, model, params, x: np.ndarray, rounds: int, cases=
             "ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
             "mean_nll": {k: float(-np.mean(r[0])) for k, r in results.items()},
             "nfe": {k: r[1] for k, r in results.items()},
-            "speedup_vs": {
-                p: _median_ratio(times, p, "flowjax") for p in fns if not p.startswith("flowjax")
-            },
-            "speedup_jit_vs": {
-                p: _median_ratio(times, p, "flowjax_jit")
-                for p in fns
-                if not p.startswith("flowjax")
-            },
+            "speedup_vs": {p: _median_ratio(times, p, "flowjax") for p in fns if p != "flowjax"},
         }
     return out
 
