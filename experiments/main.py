@@ -132,6 +132,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    from experiments.runtime import reexec_with_cpu_tuning
+
+    reexec_with_cpu_tuning()  # once, before JAX is imported: see experiments/runtime.py
     app.run(main, flags_parser=parse_flags)
 
 

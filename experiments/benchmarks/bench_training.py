@@ -8,6 +8,9 @@ Measured, alternating the variants round by round (this machine is shared: media
 wall-clock and process CPU time both):
 
 * ``bare``: ``jax.jit(jax.value_and_grad(loss))(params, batch, key)``, the floor;
+* ``bare_adam``: the step a user writes by hand: forward+backward and ``optax.adam``'s update in one
+  ``jax.jit`` with the parameters and moments donated (no EMA); ``step / bare_adam`` is what the
+  framework adds beyond the optimizer's own passes over the parameters;
 * ``step``: ``flowjax.training.make_train_step`` with Adam and EMA (decay 0.999), state donated,
   batch already on the devices: the headline ratio ``step / bare`` (target <= 1.10);
 * ``step_no_ema``, ``step_no_donate``: what EMA and donation cost or save;
@@ -21,6 +24,7 @@ Run: ``python -m experiments.benchmarks.bench_training [--quick]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import time
@@ -31,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import flowjax as fj
 from flowjax import training as T
@@ -88,6 +93,23 @@ def _measure_case(batch_size: int, iters: int, rounds: int) -> dict:
     }
     batch = steps["step"].shard_batch(np_batch)
     bare = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    adam = optax.adam(1e-3)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def bare_adam_step(p, opt_state, batch, key):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, key)
+        updates, opt_state = adam.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    adam_holder = {"p": jax.tree.map(jnp.copy, params)}
+    adam_holder["o"] = adam.init(adam_holder["p"])
+
+    def run_bare_adam() -> None:
+        p, o = adam_holder["p"], adam_holder["o"]
+        for _ in range(iters):
+            p, o, _ = bare_adam_step(p, o, batch, key)
+        jax.block_until_ready(p)
+        adam_holder["p"], adam_holder["o"] = p, o
 
     def run_bare() -> None:
         out = None
@@ -130,6 +152,7 @@ def _measure_case(batch_size: int, iters: int, rounds: int) -> dict:
 
     runs = {
         "bare": run_bare,
+        "bare_adam": run_bare_adam,
         **{k: make_run(k) for k in steps},
         "loop": make_loop(100),
         "loop_log_every_step": make_loop(1),
@@ -154,6 +177,7 @@ def _measure_case(batch_size: int, iters: int, rounds: int) -> dict:
         "ms": {k: 1e3 * v for k, v in med.items()},
         "cpu_ms": {k: 1e3 * v for k, v in cmed.items()},
         "ratio": {k: med[k] / med["bare"] for k in med if k != "bare"},
+        "ratio_to_bare_adam": {k: med[k] / med["bare_adam"] for k in med},
         "cpu_ratio": {k: cmed[k] / cmed["bare"] for k in cmed if k != "bare"},
         "steps_per_sec": 1.0 / med["step"],
         "examples_per_sec": batch_size / med["step"],

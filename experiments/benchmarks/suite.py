@@ -30,6 +30,7 @@ from experiments.benchmarks import (
     bench_scaling,
     bench_training,
 )
+from experiments.runtime import reexec_with_cpu_tuning
 
 SUITE: dict[str, Callable[[bool], dict]] = {
     "peers": bench_peers.run,
@@ -77,6 +78,7 @@ def _machine() -> dict[str, Any]:
         "load_average_at_start": os.getloadavg(),
         "devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "versions": versions,
         "git": git.stdout.strip(),
         **threads,
@@ -110,16 +112,26 @@ def _peer_section(r: dict) -> list[str]:
         + f"; peak used below: {peak:.0f} GFLOP/s.",
         "",
         "**W1 training** (checkerboard, 4x512 SiLU MLP on [x, t], Adam 1e-3, CondOT; steps/s; "
-        "speed-up = median per-round time ratio peer / flowjax)",
+        "speed-up = median per-round time ratio peer / flowjax). flowjax evaluates a batch's "
+        "gradient in micro-batches of at most "
+        f"{r.get('w1_microbatch', 1024)} examples (`grad_accum_steps`: the same Adam update on the "
+        "mean gradient of the whole batch); *one pass* is the same step on the whole batch at once.",
         "",
-        "| batch | flowjax | flow_matching | torchcfm | speed-up vs best peer | fraction of peak (flowjax) |",
-        "|---|---|---|---|---|---|",
+        "| batch | flowjax | flowjax one pass | flow_matching | torchcfm | speed-up vs best peer "
+        "| one pass vs best peer | fraction of peak (flowjax) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in r["w1"]:
         sps = row["steps_per_sec"]
+        one = "flowjax_one_pass" if "flowjax_one_pass" in sps else "flowjax"
+        best_peer = min(
+            (sps[p] for p in ("flow_matching", "torchcfm") if p in sps), default=float("nan")
+        )
         out.append(
-            f"| {row['batch']} | {_fmt(sps['flowjax'])} | {_fmt(sps.get('flow_matching', 'n/a'))} | "
-            f"{_fmt(sps.get('torchcfm', 'n/a'))} | {_fmt(row.get('speedup_vs_best_peer', 'n/a'))} | "
+            f"| {row['batch']} | {_fmt(sps['flowjax'])} | {_fmt(sps[one])} | "
+            f"{_fmt(sps.get('flow_matching', 'n/a'))} | {_fmt(sps.get('torchcfm', 'n/a'))} | "
+            f"{_fmt(row.get('speedup_vs_best_peer', 'n/a'))} | "
+            f"{_fmt(row.get('one_pass_vs_best_peer', sps[one] / best_peer))} | "
             f"{_fmt(row['fraction_of_peak']['flowjax'])} |"
         )
     w2 = r["w2"]
@@ -189,18 +201,23 @@ def _peer_section(r: dict) -> list[str]:
         if "weights" in w3:
             out += [f"Weights: {w3['weights']}.", ""]
         out += [
-            "| case | flowjax ms | peer ms | speed-up | flowjax mean NLL | peer mean NLL | NFE (fj / peer) |",
-            "|---|---|---|---|---|---|---|",
+            "| case | flowjax ms | peer ms | speed-up | flowjax mean NLL | peer mean NLL "
+            "| NFE (fj / peer) | error, nats (fj / peer) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, row in w3.items():
             if not isinstance(row, dict):
                 continue
             ms, nll, nfe = row["ms"], row["mean_nll"], row["nfe"]
+            err = row.get("error", {})
             out.append(
                 f"| {name} | {_fmt(ms['flowjax'], 1)} | {_fmt(ms.get('flow_matching', 'n/a'), 1)} | "
                 f"{_fmt(row['speedup_vs'].get('flow_matching', 'n/a'))} | {nll['flowjax']:.4f} | "
-                f"{_fmt(nll.get('flow_matching', 'n/a'), 4)} | {nfe['flowjax']} / {nfe.get('flow_matching', 'n/a')} |"
+                f"{_fmt(nll.get('flow_matching', 'n/a'), 4)} | {nfe['flowjax']} / {nfe.get('flow_matching', 'n/a')} | "
+                f"{_fmt(err.get('flowjax', 'n/a'), 5)} / {_fmt(err.get('flow_matching', 'n/a'), 5)} |"
             )
+        if key == "w3" and "w3_equal_accuracy" in r:
+            out += _w3_equal_accuracy(r["w3_equal_accuracy"])
     w4 = r["w4"]
     out += [
         "",
@@ -214,6 +231,36 @@ def _peer_section(r: dict) -> list[str]:
     for name, gap in w4["gap"].items():
         out.append(
             f"| {name} | {gap:.4f} | {_fmt(w4['train_seconds'].get(name, float('nan')), 1)} |"
+        )
+    return out
+
+
+def _w3_equal_accuracy(eq: dict) -> list[str]:
+    out = [
+        "",
+        "Error = mean |log p - reference| per point, the reference being flowjax's exact divergence "
+        "with Dopri5 rtol = atol = 1e-9 in float64 on the same weights. At equal accuracy: flowjax's "
+        "cheaper exact-divergence settings (each the median of 3 runs, not alternated with the "
+        "peer; the peer's time is its row above):",
+        "",
+        "| flowjax setting | ms | NFE | error (nats) |",
+        "|---|---|---|---|",
+    ]
+    for name, row in eq["fast"].items():
+        out.append(f"| {name} | {_fmt(row['ms'], 1)} | {row['nfe']} | {_fmt(row['error'], 5)} |")
+    out += [
+        "",
+        "| peer run | peer error | peer ms | flowjax's fastest at least as accurate | ms | error "
+        "| speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case, v in eq["versus"].items():
+        if v.get("flowjax") is None:
+            out.append(f"| {case} | {_fmt(v['peer_error'], 5)} | | none in the sweep | | | |")
+            continue
+        out.append(
+            f"| {case} | {_fmt(v['peer_error'], 5)} | {_fmt(v['peer_ms'], 1)} | {v['flowjax']} | "
+            f"{_fmt(v['flowjax_ms'], 1)} | {_fmt(v['flowjax_error'], 5)} | {_fmt(v['speedup'])} |"
         )
     return out
 
@@ -233,6 +280,12 @@ def _targets(r: dict) -> list[str]:
         for row in p["w3"].values()
         if isinstance(row, dict) and row["speedup_vs"]
     ]
+    w3_eq_cases = {
+        k: v["speedup"]
+        for k, v in p.get("w3_equal_accuracy", {}).get("versus", {}).items()
+        if v.get("speedup") is not None
+    }
+    w3_eq = list(w3_eq_cases.values())
     gaps = p["w4"]["gap"]
     peer_gaps = [g for k, g in gaps.items() if k in ("flow_matching", "torchcfm")]
     peak = max(p["limit_gflops"].values())
@@ -247,7 +300,11 @@ def _targets(r: dict) -> list[str]:
         f" (sampler jitted once: {_check(lat['batch_1'].get('speedup_jit_vs', {}).get('flow_matching'), 3.0)})",
         f"- W2 latency batch 64: {_check(lat['batch_64']['speedup_vs'].get('flow_matching'), 1.5)}"
         f" (sampler jitted once: {_check(lat['batch_64'].get('speedup_jit_vs', {}).get('flow_matching'), 1.5)})",
-        f"- W3 likelihood (slowest case): {_check(min(w3) if w3 else None, 3.0)}",
+        f"- W3 likelihood at equal accuracy (exact divergence, slowest case): "
+        f"{_check(min(w3_eq) if w3_eq else None, 3.0)}"
+        f" (per case: {', '.join(f'{k} {_fmt(v)}' for k, v in w3_eq_cases.items()) or 'n/a'})",
+        f"- W3 likelihood at equal settings (slowest case, for reference): "
+        f"{_check(min(w3) if w3 else None, 3.0)}",
         f"- W4 NLL gap under 0.01 nats: {_check(gaps['flowjax'], 0.01, higher=False)}",
         f"- W4 NLL gap no larger than the best peer's ({_fmt(min(peer_gaps), 4) if peer_gaps else 'n/a'}): "
         f"{_check(gaps['flowjax'], min(peer_gaps), higher=False) if peer_gaps else 'n/a'}",
@@ -259,6 +316,13 @@ def _targets(r: dict) -> list[str]:
         for case in t["cases"]:
             lines.append(
                 f"- Train step / bare forward+backward, batch {case['batch_size']}: {_check(case['ratio']['step'], 1.10, higher=False)}"
+                + (
+                    f" (over a hand-written jitted forward+backward+Adam step: "
+                    f"{_fmt(case['ratio_to_bare_adam']['step'])}; that step alone is "
+                    f"{_fmt(case['ratio']['bare_adam'])}x the bare forward+backward)"
+                    if "ratio_to_bare_adam" in case
+                    else ""
+                )
             )
     s = r.get("sampling")
     if s:
@@ -282,6 +346,7 @@ def write_report(result: dict, path: str) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, devices {m['devices']}; load average at start "
         f"{tuple(round(x, 2) for x in m['load_average_at_start'])}, at end "
         f"{tuple(round(x, 2) for x in result['load_average_at_end'])}; XLA_FLAGS={m['xla_flags']!r}; "
+        f"GLIBC_TUNABLES={m.get('glibc_tunables', '')!r} (experiments/runtime.py); "
         f"torch threads {m.get('torch_threads', 'n/a')}.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
@@ -297,13 +362,15 @@ def write_report(result: dict, path: str) -> None:
         lines += [
             "## Train-step overhead (bench_training)",
             "",
-            "| batch | variant | ms/step | ratio to bare |",
-            "|---|---|---|---|",
+            "| batch | variant | ms/step | ratio to bare | ratio to bare + Adam |",
+            "|---|---|---|---|---|",
         ]
         for case in result["training"]["cases"]:
             for name, ms in case["ms"].items():
+                to_adam = case.get("ratio_to_bare_adam", {}).get(name, float("nan"))
                 lines.append(
-                    f"| {case['batch_size']} | {name} | {ms:.3f} | {case['ratio'].get(name, 1.0):.3f} |"
+                    f"| {case['batch_size']} | {name} | {ms:.3f} | "
+                    f"{case['ratio'].get(name, 1.0):.3f} | {to_adam:.3f} |"
                 )
         lines.append("")
     if "sampling" in result:
@@ -359,6 +426,7 @@ def write_report(result: dict, path: str) -> None:
 
 
 def main() -> None:
+    reexec_with_cpu_tuning()  # glibc huge pages for XLA's per-call buffers: experiments/runtime.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes: a smoke run")
     parser.add_argument("--only", nargs="*", choices=list(SUITE), help="run only these parts")
@@ -371,7 +439,17 @@ def main() -> None:
     )
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument("--json", default="benchmarks.json")
+    parser.add_argument(
+        "--report-from",
+        metavar="JSON",
+        help="run nothing: write the report from a JSON file an earlier run wrote",
+    )
     args = parser.parse_args()
+    if args.report_from:
+        with open(args.report_from) as f:
+            write_report(json.load(f), args.out)
+        print(f"[suite] wrote {args.out} from {args.report_from}", file=sys.stderr)
+        return
     result: dict[str, Any] = {
         "command": " ".join(["python -m experiments.benchmarks.suite", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -385,9 +463,9 @@ def main() -> None:
         print(f"[suite] {name} ...", file=sys.stderr, flush=True)
         result[name] = fn(args.quick or name in args.quick_parts)
         result.setdefault("seconds", {})[name] = time.perf_counter() - t0
-    result["load_average_at_end"] = os.getloadavg()
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1, default=float)
+        result["load_average_at_end"] = os.getloadavg()
+        with open(args.json, "w") as f:  # after every part: a later failure keeps these
+            json.dump(result, f, indent=1, default=float)
     write_report(result, args.out)
     print(f"[suite] wrote {args.out} and {args.json}", file=sys.stderr)
 

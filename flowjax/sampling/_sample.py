@@ -297,7 +297,10 @@ def sample(
 
     # ---------------------------------------------------------------- state
     if x_start is not None:
-        x_start = v.require_floating(x_start, "x_start")
+        if isinstance(x_start, np.ndarray) and x_start.dtype in (np.float32, np.float16):
+            pass  # the jitted sampler's own dispatch transfers it (cheaper than jnp.asarray here)
+        else:
+            x_start = v.require_floating(x_start, "x_start")
         v.require_batched(x_start, "x_start")
         if shape is not None and tuple(shape) != x_start.shape:
             raise ValueError(f"shape {tuple(shape)} differs from x_start's shape {x_start.shape}")

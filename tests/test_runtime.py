@@ -1,0 +1,55 @@
+"""experiments/runtime.py: the once-only re-execution with glibc's huge-page tunable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _supported() -> bool:
+    return runtime.tuned_environment({}) is not None
+
+
+def test_opt_out_and_already_set_change_nothing():
+    assert runtime.tuned_environment({"FLOWJAX_CPU_TUNING": "0"}) is None
+    assert runtime.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+
+
+@pytest.mark.skipif(not _supported(), reason="needs Linux, glibc >= 2.35 and THP not 'never'")
+def test_other_tunables_are_kept():
+    env = runtime.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "b"})
+    assert env is not None
+    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{runtime.TUNABLE}"
+    assert env["A"] == "b"
+    assert runtime.tuned_environment({})["GLIBC_TUNABLES"] == runtime.TUNABLE
+
+
+def test_reexec_runs_the_same_command_once_with_the_tunable():
+    code = (
+        "import os, sys; sys.path.insert(0, os.getcwd()); "
+        "print('start', flush=True); "
+        "from experiments.runtime import reexec_with_cpu_tuning; reexec_with_cpu_tuning(); "
+        "print('tunables', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLOWJAX_CPU_TUNING")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, "arg1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    expected = runtime.TUNABLE if _supported() else None
+    assert out[-1] == f"tunables {expected} ['arg1']"
+    # re-executed once (two 'start' lines) where supported, never more
+    assert out.count("start") == (2 if _supported() else 1)
