@@ -839,12 +839,10 @@ def run(quick: bool = False) -> dict:
             rounds=5,
             train=2000,
             n=10_000,
-            # 500 likelihood points, not the 2,000 of the workload's spec: flow_matching's exact
-            # divergence takes ~4 min per 1,000 points here (d = 2, Euler 100), per round
-            n_lik=500,
+            n_lik=2000,
             w4=2000,
-            w4_test=1000,
-            lik_rounds=1,
+            w4_test=2000,
+            lik_rounds=3,
             n_digits=128,
         )
     )
