@@ -8,6 +8,7 @@ import pytest
 import flowjax as fj
 from flowjax.oracle import eight_gaussians, two_modes_2d
 from flowjax.sampling import ODE_SOLVERS, SDE_SOLVERS, noise_to_signal, sample, time_grid
+from flowjax.sampling._solvers import batch_max_rms_norm, batch_rms_norm
 
 # ------------------------------------------------------------------ NFE against a call counter
 
@@ -100,23 +101,47 @@ def _final_error(path, x0, solver, n, ref):
     return float(jnp.max(jnp.abs(res.samples - ref)))
 
 
+def _tight_reference(path, seed: int, n: int):
+    """Prior draws, the two-mode oracle's model and its ODE solution at rtol = atol = 1e-11."""
+    x0 = path.prior_sample(jax.random.PRNGKey(seed), (n, 2))
+    model = two_modes_2d().model_fn(path)
+    opts = dict(solver="tsit5", adaptive=True, rtol=1e-11, atol=1e-11, max_steps=100_000)
+    return x0, model, sample(model, path, None, None, x_start=x0, **opts).samples
+
+
 @pytest.mark.parametrize(
     "path", [fj.CondOT(), pytest.param(fj.VE(), marks=pytest.mark.slow)], ids=["condot", "ve"]
 )
 def test_convergence_order(path, x64):
     # Global error of a p-th order method falls by 2^p per halving of the step: Euler ~2x, Heun ~4x,
     # measured against a tight adaptive Tsit5 solution in float64.
-    x0 = path.prior_sample(jax.random.PRNGKey(0), (64, 2))
-    model = two_modes_2d().model_fn(path)
-    ref = sample(
-        model, path, None, None, x_start=x0, solver="tsit5", adaptive=True, rtol=1e-11,
-        atol=1e-11, max_steps=100_000,
-    ).samples  # fmt: skip
+    x0, _, ref = _tight_reference(path, 0, 64)
     for solver, order, steps in (("euler", 1, (40, 80, 160)), ("heun", 2, (40, 80, 160))):
         errs = [_final_error(path, x0, solver, n, ref) for n in steps]
         ratios = np.array(errs[:-1]) / np.array(errs[1:])
         target = 2.0**order
         assert np.all(np.abs(np.log2(ratios) - order) < 0.25), (solver, errs, ratios, target)
+
+
+def test_error_norm_rms_takes_fewer_steps_and_max_bounds_every_example(x64):
+    # "max": every example's error is controlled; "rms" (the torchdiffeq convention) averages
+    # over the batch, so a large batch takes fewer steps and its worst example is less accurate.
+    path = fj.CondOT()
+    x0, model, ref = _tight_reference(path, 1, 512)
+    opts = dict(solver="dopri5", adaptive=True, rtol=1e-4, atol=1e-4)
+    out = {
+        n: sample(model, path, None, None, x_start=x0, error_norm=n, **opts) for n in ("max", "rms")
+    }
+    assert int(out["rms"].nfe) <= int(out["max"].nfe), {k: int(r.nfe) for k, r in out.items()}
+    worst = {k: float(jnp.max(jnp.abs(r.samples - ref))) for k, r in out.items()}
+    assert worst["max"] <= worst["rms"], worst
+    assert worst["max"] < 1e-2, worst
+    with pytest.raises(ValueError, match="error_norm"):
+        sample(model, path, None, None, x_start=x0, adaptive=True, error_norm="l2")
+    # the norms themselves: one badly resolved example among many
+    err = (jnp.zeros((99, 2)).at[0].set(1.0), jnp.zeros((99,)))
+    assert float(batch_max_rms_norm(err)) == pytest.approx(np.sqrt(2 / 3))
+    assert float(batch_rms_norm(err)) == pytest.approx(np.sqrt(2 / (3 * 99)))
 
 
 # ------------------------------------------------------------------ ODE round trip

@@ -354,6 +354,10 @@ def w2_sampling(peers: dict, model, params, n: int, rounds: int) -> dict:
         "euler_100": dict(solver="euler", num_steps=100),
         "midpoint_50": dict(solver="midpoint", num_steps=50),
         "dopri5_1e-5": dict(solver="dopri5", adaptive=True, rtol=1e-5, atol=1e-5, num_steps=20),
+        # the peers' error norm (RMS over the whole batch); flowjax's default bounds every example
+        "dopri5_1e-5_rms": dict(
+            solver="dopri5", adaptive=True, rtol=1e-5, atol=1e-5, num_steps=20, error_norm="rms"
+        ),
     }
     # flowjax's own fast settings (fewer NFE): a quality-against-time curve
     fast = {f"heun_{k}": dict(solver="heun", num_steps=k) for k in (4, 8, 12, 16, 24)}
@@ -567,11 +571,19 @@ def _fm_latency(torch, net, x0):
 
 # W3 at equal accuracy: flowjax's exact-divergence settings with fewer evaluations, each timed and
 # scored against a float64 reference; the cheapest one as accurate as a peer's run is compared with it
-W3_FAST = {f"heun_{k}": dict(solver="heun", num_steps=k) for k in (4, 8, 16, 32)} | {
-    f"{s}_{tol:.0e}": dict(solver=s, rtol=tol, atol=tol)
-    for s in ("bosh3", "tsit5", "dopri5")
-    for tol in (1e-3, 3e-4, 1e-4, 3e-5)
-}
+W3_FAST = (
+    {f"heun_{k}": dict(solver="heun", num_steps=k) for k in (4, 8, 16, 32)}
+    | {
+        f"{s}_{tol:.0e}": dict(solver=s, rtol=tol, atol=tol)
+        for s in ("bosh3", "tsit5", "dopri5")
+        for tol in (1e-3, 3e-4, 1e-4, 3e-5)
+    }
+    | {  # one step sequence for the whole batch, chosen on its RMS error (the peers' convention)
+        f"{s}_{tol:.0e}_shared": dict(solver=s, rtol=tol, atol=tol, shared_steps=True)
+        for s in ("tsit5", "dopri5")
+        for tol in (1e-4, 3e-5, 1e-5)
+    }
+)
 
 
 def reference_log_prob(model, params, x: np.ndarray) -> np.ndarray:
@@ -653,6 +665,10 @@ def w3_likelihood(
         "exact_euler_100": dict(divergence="exact", solver="euler", num_steps=100),
         "hutchinson_euler_100": dict(divergence="hutchinson", solver="euler", num_steps=100),
         "exact_dopri5_1e-5": dict(divergence="exact", solver="dopri5", rtol=1e-5, atol=1e-5),
+        # flowjax with the peer's step convention (shared steps, RMS over the batch)
+        "exact_dopri5_1e-5_shared": dict(
+            divergence="exact", solver="dopri5", rtol=1e-5, atol=1e-5, shared_steps=True
+        ),
         "hutchinson_dopri5_1e-5": dict(
             divergence="hutchinson", solver="dopri5", rtol=1e-5, atol=1e-5
         ),
@@ -816,7 +832,14 @@ def _log(msg: str, t0: float) -> None:
     print(f"[bench_peers {time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def run(quick: bool = False) -> dict:
+WORKLOADS = ("w1", "w2", "w3", "w4")
+
+
+def run(quick: bool = False, workloads: tuple[str, ...] = WORKLOADS) -> dict:
+    """The peer comparisons (all of ``WORKLOADS`` by default); a JSON-serialisable dict."""
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
     t_start = time.perf_counter()
     peers = _peers()
     cfg = (
@@ -862,53 +885,64 @@ def run(quick: bool = False) -> dict:
     out["w1_microbatch"] = MICROBATCH
     out["limit_gflops"] = matmul_rate(3 if quick else 7)
     _log(f"limit {out['limit_gflops']}", t_start)
-    out["w1"] = [
-        w1_training(peers, b, cfg["steps"] * (4 if b == 256 else 1), cfg["warmup"], cfg["rounds"])
-        for b in (4096, 256)
-    ]
-    _log("W1 done", t_start)
     peak = max(out["limit_gflops"].values())
-    for row in out["w1"]:
-        row["fraction_of_peak"] = {
-            k: row["gflop_per_step"] * sps / peak for k, sps in row["steps_per_sec"].items()
+    if "w1" in workloads:
+        out["w1"] = [
+            w1_training(
+                peers, b, cfg["steps"] * (4 if b == 256 else 1), cfg["warmup"], cfg["rounds"]
+            )
+            for b in (4096, 256)
+        ]
+        _log("W1 done", t_start)
+        for row in out["w1"]:
+            row["fraction_of_peak"] = {
+                k: row["gflop_per_step"] * sps / peak for k, sps in row["steps_per_sec"].items()
+            }
+    if "w2" in workloads or "w3" in workloads:
+        model, params = train_model("checkerboard", cfg["train"])
+        _log("checkerboard model trained", t_start)
+    if "w2" in workloads:
+        out["w2"] = w2_sampling(peers, model, params, cfg["n"], cfg["rounds"])
+        e100 = out["w2"]["settings"]["euler_100"]
+        out["w2"]["fraction_of_peak_euler_100"] = {
+            k: 100 * _mlp_flops(cfg["n"]) / (ms / 1e3) / 1e9 / peak for k, ms in e100["ms"].items()
         }
-    model, params = train_model("checkerboard", cfg["train"])
-    _log("checkerboard model trained", t_start)
-    out["w2"] = w2_sampling(peers, model, params, cfg["n"], cfg["rounds"])
-    e100 = out["w2"]["settings"]["euler_100"]
-    out["w2"]["fraction_of_peak_euler_100"] = {
-        k: 100 * _mlp_flops(cfg["n"]) / (ms / 1e3) / 1e9 / peak for k, ms in e100["ms"].items()
-    }
-    _log("W2 done", t_start)
-    x_lik = _data("checkerboard", jax.random.PRNGKey(4242), cfg["n_lik"])
-    ref = reference_log_prob(model, params, x_lik)
-    out["w3"] = w3_likelihood(peers, model, params, x_lik, cfg["lik_rounds"], ref=ref)
-    out["w3_equal_accuracy"] = w3_equal_accuracy(model, params, x_lik, ref, out["w3"])
-    # digits: d = 64 (64 JVPs or 64 backward passes per evaluation), same MLP in both frameworks
-    digits = fj.data.get_dataset("digits", "test").as_arrays()["x"][: cfg["n_digits"]]
-    digits = np.asarray(digits, np.float32).reshape(len(digits), -1)
-    dmodel = _flowjax_model()
-    dparams = models.init(dmodel, jax.random.PRNGKey(3), jnp.zeros((1, 64)))
-    out["w3_digits"] = w3_likelihood(
-        peers, dmodel, dparams, digits, cfg["lik_rounds"],
-        cases={
-            "exact_euler_100": dict(divergence="exact", solver="euler", num_steps=100),
-            "hutchinson_euler_100": dict(divergence="hutchinson", solver="euler", num_steps=100),
-        },
-    )  # fmt: skip
-    out["w3_digits"]["weights"] = "untrained (random init): a timing and agreement check"
-    _log("W3 done", t_start)
-    out["w4"] = w4_ground_truth(peers, cfg["w4"], cfg["w4_test"])
-    _log("W4 done", t_start)
+        _log("W2 done", t_start)
+    if "w3" in workloads:
+        x_lik = _data("checkerboard", jax.random.PRNGKey(4242), cfg["n_lik"])
+        ref = reference_log_prob(model, params, x_lik)
+        out["w3"] = w3_likelihood(peers, model, params, x_lik, cfg["lik_rounds"], ref=ref)
+        out["w3_equal_accuracy"] = w3_equal_accuracy(model, params, x_lik, ref, out["w3"])
+        # digits: d = 64 (64 JVPs or 64 backward passes per evaluation), same MLP in both frameworks
+        digits = fj.data.get_dataset("digits", "test").as_arrays()["x"][: cfg["n_digits"]]
+        digits = np.asarray(digits, np.float32).reshape(len(digits), -1)
+        dmodel = _flowjax_model()
+        dparams = models.init(dmodel, jax.random.PRNGKey(3), jnp.zeros((1, 64)))
+        out["w3_digits"] = w3_likelihood(
+            peers, dmodel, dparams, digits, cfg["lik_rounds"],
+            cases={
+                "exact_euler_100": dict(divergence="exact", solver="euler", num_steps=100),
+                "hutchinson_euler_100": dict(divergence="hutchinson", solver="euler", num_steps=100),
+            },
+        )  # fmt: skip
+        out["w3_digits"]["weights"] = "untrained (random init): a timing and agreement check"
+        _log("W3 done", t_start)
+    if "w4" in workloads:
+        out["w4"] = w4_ground_truth(peers, cfg["w4"], cfg["w4_test"])
+        _log("W4 done", t_start)
     return out
 
 
 if __name__ == "__main__":
+    from experiments.runtime import reexec_with_cpu_tuning
+
+    reexec_with_cpu_tuning()  # huge pages for XLA:CPU's per-call buffers (experiments/runtime.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument("--workloads", nargs="*", choices=WORKLOADS, default=list(WORKLOADS))
     args = parser.parse_args()
-    res = run(quick=args.quick)
+    res = run(quick=args.quick, workloads=tuple(args.workloads))
     print(json.dumps(res, indent=1))
     if args.json:
         with open(args.json, "w") as f:

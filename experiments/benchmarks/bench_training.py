@@ -225,6 +225,9 @@ def _table(result: dict) -> str:
 
 
 if __name__ == "__main__":
+    from experiments.runtime import reexec_with_cpu_tuning
+
+    reexec_with_cpu_tuning()  # huge pages for XLA:CPU's per-call buffers (experiments/runtime.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--json", help="also write the result to this file")

@@ -13,6 +13,9 @@ their log-densities (:func:`sample_with_log_prob`).
 Each example is solved as its own ODE (``vmap`` over the batch), so adaptive step sizes are chosen
 per example: a value never depends on which other examples share its batch, a batch sharded over
 devices gives the single-device values, and no device waits on a collective inside the solver loop.
+``shared_steps=True`` instead solves the batch as one ODE with one step sequence (the PyTorch
+libraries' way): fewer model calls for a large batch with a few hard examples, at those guarantees'
+expense.
 
 Approximations at the ends, stated once: VP paths have ``alpha(0) = exp(-B(1)/2)`` (6.6e-3 for the
 default linear VP) and VE paths have ``alpha = 1``, so their true ``p_0`` is not exactly the Gaussian
@@ -126,27 +129,30 @@ def _solve(
     t1: float,
     divergence_chunk: int | None,
     has_cond: bool,
+    shared_steps: bool = False,
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
-    """Solve the augmented ODE per example from ``t0`` to ``t1``; returns end state and stats."""
+    """Solve the augmented ODE from ``t0`` to ``t1``; returns end state and per-example stats.
+
+    Per example (``vmap`` of one solve each) unless ``shared_steps``: then one solve of the whole
+    batch, whose adaptive steps are chosen on the RMS error over all of it.
+    """
     u = _make_velocity(model_fn, path, prediction, has_cond)
     spec, controller = _controller(solver, num_steps, t0, t1, rtol, atol)
+    batch = x.shape[0]
+    if divergence == "exact":
+        aux, width = jnp.zeros((batch,), x.dtype), 1  # nothing per example
+    else:  # Hutchinson probes, fixed along the path
+        draw = lambda k: sample_probes(k, x.shape[1:], num_probes, probe, x.dtype)  # noqa: E731
+        aux, width = jax.vmap(draw)(keys), num_probes
 
-    def one(xi: Array, key: Array, ci: Any):
+    def example_field(t: Array, xi: Array, ai: Array, ci: Any) -> tuple[Array, Array]:
         if divergence == "exact":
+            fx, div = exact_divergence(lambda z: u(z, t, ci), xi, divergence_chunk)
+            return fx, -div[None]
+        fx, est = hutchinson_divergence(lambda z: u(z, t, ci), xi, ai)
+        return fx, -est
 
-            def field(t, y, args):
-                fx, div = exact_divergence(lambda z: u(z, t, ci), y[0], divergence_chunk)
-                return fx, -div[None]
-
-            L0 = jnp.zeros((1,), xi.dtype)
-        else:
-            probes = sample_probes(key, xi.shape, num_probes, probe, xi.dtype)
-
-            def field(t, y, args):
-                fx, est = hutchinson_divergence(lambda z: u(z, t, ci), y[0], probes)
-                return fx, -est
-
-            L0 = jnp.zeros((num_probes,), xi.dtype)
+    def run(field: Callable, y0: tuple[Array, Array]):
         term, solver_obj = diffrax.ODETerm(field), spec.make()
         sol = diffrax.diffeqsolve(
             term,
@@ -154,13 +160,11 @@ def _solve(
             t0=t0,
             t1=t1,
             dt0=None,
-            y0=(xi, L0),
+            y0=y0,
             stepsize_controller=controller,
             max_steps=max_steps,
             throw=False,
-            solver_state=fsal_initial_state(
-                solver_obj, term, jnp.asarray(t0), jnp.asarray(t1), (xi, L0)
-            ),
+            solver_state=fsal_initial_state(solver_obj, term, jnp.asarray(t0), jnp.asarray(t1), y0),
         )
         x_end, L = jax.tree.map(lambda a: a[-1], sol.ys)
         steps = jnp.asarray(sol.stats["num_steps"])
@@ -168,7 +172,20 @@ def _solve(
         ok = sol.result == diffrax.RESULTS.successful
         return x_end, L, spec.nfe(steps), steps, rejected, ok
 
-    return jax.vmap(one)(x, keys, cond)
+    if not shared_steps:
+
+        def one(xi: Array, ai: Array, ci: Any):
+            L0 = jnp.zeros((width,), xi.dtype)
+            return run(lambda t, y, args: example_field(t, y[0], ai, ci), (xi, L0))
+
+        return jax.vmap(one)(x, aux, cond)
+
+    def batch_field(t, y, args):
+        return jax.vmap(lambda xi, ai, ci: example_field(t, xi, ai, ci))(y[0], aux, cond)
+
+    x_end, L, nfe, steps, rejected, ok = run(batch_field, (x, jnp.zeros((batch, width), x.dtype)))
+    per_example = lambda a: jnp.broadcast_to(a, (batch,))  # noqa: E731
+    return x_end, L, per_example(nfe), per_example(steps), per_example(rejected), per_example(ok)
 
 
 _solve_jit = eqx.filter_jit(_solve)
@@ -291,6 +308,7 @@ def log_likelihood(
     cond: Any = None,
     prior_log_prob: Callable[[Array], Array] | None = None,
     divergence_chunk: int | None = None,
+    shared_steps: bool = False,
 ) -> LikelihoodResult:
     """``log p(x)`` per example under the probability-flow ODE of a model (in nats).
 
@@ -306,6 +324,11 @@ def log_likelihood(
         ``num_steps=None`` adaptive steps (``rtol``/``atol``; solvers with an error estimate).
       t_start, t_end: integration range; defaults from :func:`default_time_range`.
       prior_log_prob: ``log p_{t_start}`` of the latent ``[B, ...] -> [B]``; default the path's prior.
+      shared_steps: solve the batch as one ODE whose adaptive steps are chosen on the RMS error
+        over the whole batch (the torchdiffeq / flow_matching convention: fewer steps when a few
+        examples are hard, but each value then depends on its batch-mates and the hardest
+        examples are less accurate than ``rtol``/``atol``). Default: one solve per example. With
+        fixed steps (``num_steps``) both give the same values.
 
     Returns:
       A :class:`LikelihoodResult`; ``stderr`` is the standard error of the Hutchinson mean over the
@@ -320,7 +343,8 @@ def log_likelihood(
         model_fn, path, x, keys=keys, cond=cond, prior_log_prob=prior_log_prob,
         prediction=prediction, divergence=divergence, num_probes=num_probes, probe=probe,
         solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, max_steps=max_steps,
-        divergence_chunk=divergence_chunk, t_from=t1, t_to=t0,  # backwards: data end to noise end
+        divergence_chunk=divergence_chunk, shared_steps=shared_steps,
+        t_from=t1, t_to=t0,  # backwards: data end to noise end
     )[1]  # fmt: skip
 
 
@@ -344,6 +368,7 @@ def sample_with_log_prob(
     cond: Any = None,
     prior_log_prob: Callable[[Array], Array] | None = None,
     divergence_chunk: int | None = None,
+    shared_steps: bool = False,
 ) -> tuple[Float[Array, "B ..."], LikelihoodResult]:
     """Samples of the probability-flow ODE and their log-densities, in one forward pass.
 
@@ -361,5 +386,6 @@ def sample_with_log_prob(
         model_fn, path, z, keys=jax.random.split(k_probe, shape[0]), cond=cond,
         prior_log_prob=prior_log_prob, prediction=prediction, divergence=divergence,
         num_probes=num_probes, probe=probe, solver=solver, num_steps=num_steps, rtol=rtol,
-        atol=atol, max_steps=max_steps, divergence_chunk=divergence_chunk, t_from=t0, t_to=t1,
+        atol=atol, max_steps=max_steps, divergence_chunk=divergence_chunk,
+        shared_steps=shared_steps, t_from=t0, t_to=t1,
     )  # fmt: skip

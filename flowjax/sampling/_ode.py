@@ -70,12 +70,15 @@ def solve(
     max_steps: int,
     dt0: Any,
     save_times: Array | None,
+    error_norm: str = "max",
 ) -> SolveOutput:
     """Solve from ``t0`` to ``t1`` (either direction for ODEs) with ``diffrax.diffeqsolve``."""
     subs = [diffrax.SubSaveAt(t1=True)]
     if save_times is not None:
         subs.append(diffrax.SubSaveAt(ts=save_times))
-    controller = step_size_controller(adaptive=adaptive, grid=grid, rtol=rtol, atol=atol)
+    controller = step_size_controller(
+        adaptive=adaptive, grid=grid, rtol=rtol, atol=atol, error_norm=error_norm
+    )
     solver = spec.make()
     sol = diffrax.diffeqsolve(
         terms,

@@ -20,7 +20,7 @@ from flowjax.sampling._guidance import guided_model
 from flowjax.sampling._langevin import corrector
 from flowjax.sampling._model import Field, check_model_output
 from flowjax.sampling._sde import NoiseSchedule, noise_schedule
-from flowjax.sampling._solvers import get_solver
+from flowjax.sampling._solvers import ERROR_NORMS, get_solver
 
 METHODS = ("ode", "sde", "pc", "langevin")
 BACKENDS = ("auto", "diffrax", "scan")
@@ -75,6 +75,7 @@ class _Config(NamedTuple):
     adaptive: bool
     rtol: float
     atol: float
+    error_norm: str
     max_steps: int
     grid_kind: str  # "uniform" | "edm" | "array"
     rho: float
@@ -186,6 +187,7 @@ def sample(
     adaptive: bool = False,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    error_norm: str = "max",
     max_steps: int = 4096,
     time_grid: str | ArrayLike = "uniform",
     rho: float = 7.0,
@@ -229,6 +231,10 @@ def sample(
       adaptive: adaptive steps (``PIDController(rtol, atol)``, ``ode`` and ``sde`` only), with the
         largest per-example RMS error as the norm; the step size is shared by the batch. SDEs
         draw their noise from a ``VirtualBrownianTree``.
+      error_norm: the adaptive step's error norm: ``"max"`` (default) the largest per-example
+        RMS, so every example meets ``rtol``/``atol``; ``"rms"`` the RMS over the whole batch (the
+        torchdiffeq / flow_matching convention): fewer steps for a large batch, the worst examples
+        less accurate than the tolerance.
       max_steps: step budget for adaptive solves (exceeding it raises at run time).
       time_grid: ``"uniform"`` in ``t``; ``"edm"``: rho-spaced in ``sigma = beta / alpha`` (see
         :func:`flowjax.sampling.time_grid`); or an explicit 1-D array of times (overrides
@@ -267,6 +273,7 @@ def sample(
     v.choice(prediction, PREDICTIONS, "prediction")
     v.choice(method, METHODS, "method")
     v.choice(backend, BACKENDS, "backend")
+    v.choice(error_norm, ERROR_NORMS, "error_norm")
     sched = noise_schedule(sigma, path)
     if method in ("ode", "langevin") and not sched.is_zero:
         raise ValueError(
@@ -398,6 +405,7 @@ def sample(
         adaptive=bool(adaptive),
         rtol=float(rtol),
         atol=float(atol),
+        error_norm=error_norm,
         max_steps=max_steps,
         grid_kind=grid_kind,
         rho=rho,
@@ -503,6 +511,7 @@ def _sample_jit(
                 max_steps=cfg.max_steps if cfg.adaptive else n,
                 dt0=(t1 - t0) / n,
                 save_times=save_arr,
+                error_norm=cfg.error_norm,
             )
             x, traj = out.x, out.trajectory
             nfe = jnp.asarray(spec.nfe(out.num_steps), jnp.int32)
