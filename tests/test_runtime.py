@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from experiments import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,13 +21,22 @@ def test_opt_out_and_already_set_change_nothing():
     assert runtime.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
 
 
-@pytest.mark.skipif(not _supported(), reason="needs Linux, glibc >= 2.35 and THP not 'never'")
-def test_other_tunables_are_kept():
+def test_other_tunables_are_kept(monkeypatch):
+    # the platform checks are forced true so the environment logic runs on any machine
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
+    monkeypatch.setattr(runtime, "_glibc_at_least", lambda major, minor: True)
+    monkeypatch.setattr(runtime, "_thp_usable", lambda: True)
     env = runtime.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "b"})
     assert env is not None
     assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{runtime.TUNABLE}"
     assert env["A"] == "b"
     assert runtime.tuned_environment({})["GLIBC_TUNABLES"] == runtime.TUNABLE
+    # and each platform condition alone turns it off
+    monkeypatch.setattr(runtime, "_thp_usable", lambda: False)
+    assert runtime.tuned_environment({}) is None
+    monkeypatch.setattr(runtime, "_thp_usable", lambda: True)
+    monkeypatch.setattr(runtime, "_glibc_at_least", lambda major, minor: False)
+    assert runtime.tuned_environment({}) is None
 
 
 def test_reexec_runs_the_same_command_once_with_the_tunable():

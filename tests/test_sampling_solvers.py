@@ -235,3 +235,17 @@ def test_edm_grid_caps_infinite_sigma(x64):
     np.testing.assert_allclose(np.diff(k), np.diff(k)[0], rtol=1e-7)
     back = np.asarray(time_grid(path, 10, t_start=1.0, t_end=0.0, kind="edm"))
     np.testing.assert_allclose(back, g[::-1])
+
+
+def test_numpy_x_start_matches_jax_x_start():
+    # a float32 numpy x_start skips the eager copy (the jitted call transfers it): same samples;
+    # integer data is still refused by name
+    path = fj.CondOT()
+    model = two_modes_2d().model_fn(path)
+    x0 = np.asarray(path.prior_sample(jax.random.PRNGKey(3), (8, 2)), np.float32)
+    opts = dict(solver="heun", num_steps=10)
+    a = sample(model, path, None, None, x_start=x0, **opts).samples
+    b = sample(model, path, None, None, x_start=jnp.asarray(x0), **opts).samples
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(TypeError, match="x_start"):
+        sample(model, path, None, None, x_start=x0.astype(np.int32), **opts)

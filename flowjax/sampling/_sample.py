@@ -304,9 +304,10 @@ def sample(
 
     # ---------------------------------------------------------------- state
     if x_start is not None:
-        if isinstance(x_start, np.ndarray) and x_start.dtype in (np.float32, np.float16):
-            pass  # the jitted sampler's own dispatch transfers it (cheaper than jnp.asarray here)
-        else:
+        # a float32/float16 numpy array stays on the host: the jitted sampler's own dispatch
+        # transfers it, cheaper than an eager jnp.asarray (~35 us of a batch-1 call)
+        host_ready = isinstance(x_start, np.ndarray) and x_start.dtype in (np.float32, np.float16)
+        if not host_ready:
             x_start = v.require_floating(x_start, "x_start")
         v.require_batched(x_start, "x_start")
         if shape is not None and tuple(shape) != x_start.shape:
