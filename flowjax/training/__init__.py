@@ -5,7 +5,8 @@
 * :class:`TrainState`, :func:`create_train_state`, :func:`abstract_state`: the state pytree.
 * :func:`make_optimizer`, :func:`make_schedule`, :func:`learning_rate`: optax, on a schedule.
 * :func:`make_train_step` -> :class:`TrainStep`: one jitted step with explicit shardings, EMA.
-* :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore.
+* :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore
+  against CRC-32 checksums of every shard (:func:`state_checksums`, :func:`state_fingerprint`).
 * :class:`MetricWriter`, :func:`read_jsonl`: stdout, JSONL and TensorBoard metrics.
 * :func:`train_loop`: resume, train, log, checkpoint, stop on NaN, save on SIGTERM.
 
@@ -25,6 +26,7 @@ from flowjax.training._checkpoint import (
     Restored,
     state_layout,
 )
+from flowjax.training._checksum import state_checksums, state_fingerprint
 from flowjax.training._fsdp import fsdp_sharding, fsdp_spec, sharded_fraction
 from flowjax.training._loop import (
     DistributedFailureError,
@@ -60,9 +62,8 @@ from flowjax.training._remat import REMAT_POLICIES, remat_loss
 from flowjax.training._state import (
     TrainState,
     abstract_state,
-    audit_state,
+    all_finite,
     create_train_state,
-    state_fingerprint,
 )
 from flowjax.training._step import TrainStep, ema_decay_at, make_train_step
 
@@ -84,7 +85,7 @@ __all__ = [
     "TrainStep",
     "abstract_state",
     "accumulate_value_and_grad",
-    "audit_state",
+    "all_finite",
     "batch_sharding",
     "check_param_dtype",
     "compute_dtype",
@@ -106,6 +107,7 @@ __all__ = [
     "shard_batch",
     "sharded_fraction",
     "split_microbatches",
+    "state_checksums",
     "state_fingerprint",
     "state_layout",
     "train_loop",
