@@ -215,7 +215,7 @@ def test_dpmpp_2m_from_alpha_0_to_beta_0_is_the_limit(x64):
 
 
 @pytest.mark.parametrize(
-    "path", [fj.VPLinear(), pytest.param(fj.VE(), marks=pytest.mark.slow)], ids=["vp", "ve"]
+    "path", [fj.VE(), pytest.param(fj.VPLinear(), marks=pytest.mark.slow)], ids=["ve", "vp"]
 )
 def test_dpmpp_3m_is_the_exact_quadratic_step(path, x64):
     x0 = _start(path, _TS)
@@ -354,7 +354,9 @@ def _counted(path, calls):
     [
         ("unipc", "ode", 7),  # one evaluation per step; the corrector reuses it
         pytest.param("dpmpp_2s", "ode", 14, marks=pytest.mark.slow),
-        ("heun", EDMStochastic(churn=5.0), 13),  # Heun, Euler into beta = 0 at t = 1
+        pytest.param(
+            "heun", EDMStochastic(churn=5.0), 13, marks=pytest.mark.slow
+        ),  # into beta = 0: Euler
     ],
     ids=["unipc", "dpmpp_2s", "edm"],
 )
@@ -382,6 +384,7 @@ def test_logsnr_grid_is_uniform_in_lambda_with_caps(x64):
     np.testing.assert_allclose(np.diff(np.log(sig)), np.diff(np.log(sig))[0], rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_multistep_saves_the_states_of_the_steps(x64):
     # A DPM-Solver++ state at a grid time does not depend on later grid times, so the saved
     # state at t_k equals the end of the same solve stopped at t_k.
