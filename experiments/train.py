@@ -51,6 +51,7 @@ from flowjax import likelihood as LL
 from flowjax import losses as L
 from flowjax import models as M
 from flowjax import sampling as S
+from flowjax import solvers as SV
 from flowjax import training as T
 from flowjax.paths import AbstractPath, get_path
 
@@ -308,25 +309,88 @@ def _sampler_entry(entry: Any) -> dict[str, Any]:
 
 
 def _sampler_kwargs(name: str, entry: Mapping[str, Any], prediction: str) -> dict[str, Any]:
-    """``flowjax.sampling.sample`` keyword arguments of a sampler entry (guidance apart)."""
+    """A sampler entry's settings, parsed and checked (flat, as in the config; guidance apart).
+
+    :func:`_sample_options` turns them into ``flowjax.sampling.sample`` arguments.
+    """
+    key = f"sampling.samplers.{name}"
+    method = _choice(entry["method"], tuple(S.SAMPLING_METHODS), f"{key}.method")
+    sigma = _parse_sigma(entry["sigma"], f"{key}.sigma")
+    corrector_steps = int(entry["corrector_steps"])
+    if method in ("ode", "langevin", "edm") and sigma != 0.0:
+        raise ConfigError(
+            f"config key '{key}.sigma' is {entry['sigma']!r} but method {method!r} adds no SDE "
+            "noise; use method 'sde' (or 'pc')"
+        )
+    if entry["backend"] != "auto" and entry["solver"] != "euler":
+        raise ConfigError(
+            f"config key '{key}.backend' chooses the loop of solver 'euler'; solver is "
+            f"{entry['solver']!r}"
+        )
+    if method in ("ode", "sde", "edm") and corrector_steps:
+        raise ConfigError(
+            f"config key '{key}.corrector_steps' applies to methods 'pc' and 'langevin'; "
+            f"method is {method!r}"
+        )
     return {
         "prediction": prediction,
-        "method": entry["method"],
+        "method": method,
         "solver": entry["solver"],
         "num_steps": int(entry["num_steps"]),
         "adaptive": bool(entry["adaptive"]),
         "rtol": float(entry["rtol"]),
         "atol": float(entry["atol"]),
+        "error_norm": entry["error_norm"],
         "max_steps": int(entry["max_steps"]),
         "time_grid": entry["time_grid"],
         "rho": float(entry["rho"]),
         "t_start": entry["t_start"],
         "t_end": entry["t_end"],
-        "sigma": _parse_sigma(entry["sigma"], f"sampling.samplers.{name}.sigma"),
+        "sigma": sigma,
         "denoise_final": bool(entry["denoise_final"]),
-        "corrector_steps": int(entry["corrector_steps"]),
+        "corrector_steps": corrector_steps,
         "snr": float(entry["snr"]),
+        "churn": float(entry["churn"]),
+        "s_tmin": float(entry["s_tmin"]),
+        "s_tmax": math.inf if entry["s_tmax"] is None else float(entry["s_tmax"]),
+        "s_noise": float(entry["s_noise"]),
         "backend": entry["backend"],
+    }
+
+
+def _sample_options(kw: Mapping[str, Any]) -> dict[str, Any]:
+    """``flowjax.sampling.sample`` keyword arguments (method, solver, grid, step objects) of
+    :func:`_sampler_kwargs`' flat settings."""
+    method = {
+        "ode": lambda: S.ODE(),
+        "sde": lambda: S.SDE(sigma=kw["sigma"]),
+        "pc": lambda: S.PredictorCorrector(
+            sigma=kw["sigma"], corrector_steps=kw["corrector_steps"], snr=kw["snr"]
+        ),
+        "langevin": lambda: S.AnnealedLangevin(steps=kw["corrector_steps"], snr=kw["snr"]),
+        "edm": lambda: S.EDMStochastic(
+            churn=kw["churn"], s_tmin=kw["s_tmin"], s_tmax=kw["s_tmax"], s_noise=kw["s_noise"]
+        ),
+    }[kw["method"]]()
+    solver = kw["solver"]
+    if solver == "euler":
+        solver = SV.Euler(backend=kw["backend"])  # the fixed-grid loop is Euler's option
+    grid = kw["time_grid"]
+    if grid == "edm":
+        grid = SV.EDMGrid(rho=kw["rho"])
+    adaptive = kw["adaptive"] and SV.Adaptive(
+        rtol=kw["rtol"], atol=kw["atol"], error_norm=kw["error_norm"], max_steps=kw["max_steps"]
+    )
+    return {
+        "prediction": kw["prediction"],
+        "method": method,
+        "solver": solver,
+        "num_steps": kw["num_steps"],
+        "time_grid": grid,
+        "adaptive": adaptive,
+        "t_start": kw["t_start"],
+        "t_end": kw["t_end"],
+        "denoise_final": kw["denoise_final"],
     }
 
 
@@ -470,14 +534,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
                 f"sampling.samplers.{name}.guidance_scale needs a class-conditional model "
                 "(model.num_classes > 0)"
             )
-        cond = {}
-        if num_classes is not None:
-            cond["cond"] = jnp.zeros((2,), jnp.int32)
-            if w is not None:
-                cond.update(guidance_scale=float(w), null_cond=jnp.asarray(num_classes, jnp.int32))
+        labels = None if num_classes is None else np.zeros((2,), np.int32)
+        probe_fn, cond = _conditioned(probe, num_classes, w, labels)
         _check_traces(
             f"sampling.samplers.{name}",
-            lambda kw=kw, cond=cond: S.sample(probe, path, key, (2, *shape), **kw, **cond).samples,
+            lambda kw=kw, fn=probe_fn, cond=cond: (
+                S.sample(fn, path, key, (2, *shape), **_sample_options(kw), **cond).samples
+            ),
         )
         samplers[name] = {**kw, "guidance_scale": w}
         settings[name] = entry
@@ -735,14 +798,24 @@ def _labels(exp: Experiment, start: int, n: int) -> np.ndarray | None:
     return (np.arange(start, start + n) % exp.num_classes).astype(np.int32)
 
 
-def _cond_kwargs(exp: Experiment, kw: Mapping[str, Any], labels: np.ndarray | None) -> dict:
+def _conditioned(
+    fn: Any, num_classes: int | None, guidance_scale: float | None, labels: np.ndarray | None
+) -> tuple[Any, dict[str, Any]]:
+    """The model to sample and the ``cond`` argument: class labels as ``cond``, or the
+    classifier-free-guided model (null label ``K``) when the sampler has a guidance scale."""
     if labels is None:
-        return {}
-    out: dict[str, Any] = {"cond": jnp.asarray(labels)}
-    if kw.get("guidance_scale") is not None:
-        out["guidance_scale"] = float(kw["guidance_scale"])
-        out["null_cond"] = jnp.asarray(exp.num_classes, jnp.int32)
-    return out
+        return fn, {}
+    if guidance_scale is None:
+        return fn, {"cond": jnp.asarray(labels)}
+    null = jnp.asarray(num_classes, jnp.int32)
+    return S.guided_model(fn, jnp.asarray(labels), null, float(guidance_scale)), {}
+
+
+def _cond_kwargs(
+    exp: Experiment, fn: Any, kw: Mapping[str, Any], labels: np.ndarray | None
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`_conditioned` for an experiment's sampler entry ``kw``."""
+    return _conditioned(fn, exp.num_classes, kw.get("guidance_scale"), labels)
 
 
 def _draw(
@@ -759,18 +832,19 @@ def _draw(
     sharding = _batch_sharding(batch)
     chunks, labels, nfes = [], [], []
     t0 = time.perf_counter()
-    base = {k: v for k, v in kw.items() if k != "guidance_scale"}
+    base = _sample_options(kw)
     base.update(extra)
     for i, start in enumerate(range(0, num, batch)):
         lab = _labels(exp, start, batch)
+        model, cond = _cond_kwargs(exp, fn, kw, lab)
         res = S.sample(
-            fn,
+            model,
             exp.path,
             jax.random.fold_in(key, i),
             (batch, *exp.shape),
             sharding=sharding,
             **base,
-            **_cond_kwargs(exp, kw, lab),
+            **cond,
         )
         chunks.append(np.asarray(res.samples))
         nfes.append(int(res.nfe))
@@ -947,7 +1021,7 @@ def _nll(exp: Experiment, fn: Any, key: Any) -> dict[str, Any]:
         **exp.likelihood_kwargs,
         "num_examples": n,
         "split": cfg.data.eval_split,
-        "time_range": list(LL.default_time_range(exp.path, exp.prediction)),
+        "time_range": list(LL.likelihood_time_range(exp.path, exp.prediction)),
         "prior": "the path's Gaussian prior N(0, beta(t_start)^2 I)",
         "conditional": exp.num_classes is not None,
     }
@@ -1308,9 +1382,12 @@ def _trajectories(exp: Experiment, fn: Any, key: Any, num: int, num_times: int) 
     out, times = {}, {}
     for name in names:
         kw = dict(exp.samplers[name])
-        sched = S.noise_schedule(kw["sigma"], exp.path)
-        t0, t1 = S.default_time_range(
-            exp.path, prediction=exp.prediction, method=kw["method"], sigma=sched
+        options = _sample_options(kw)
+        t0, t1 = S.sampling_time_range(
+            exp.path,
+            prediction=exp.prediction,
+            method=options["method"],
+            solver=options["solver"],
         )
         t0 = kw["t_start"] if kw["t_start"] is not None else t0
         t1 = kw["t_end"] if kw["t_end"] is not None else t1
@@ -1319,16 +1396,16 @@ def _trajectories(exp: Experiment, fn: Any, key: Any, num: int, num_times: int) 
         if kw["time_grid"] != "uniform":
             kw["time_grid"] = "uniform"
         lab = _labels(exp, 0, num)
-        base = {k: v for k, v in kw.items() if k not in ("guidance_scale",)}
+        model, cond = _cond_kwargs(exp, fn, kw, lab)
         res = S.sample(
-            fn,
+            model,
             exp.path,
             jax.random.fold_in(key, 1),
             None,
             x_start=x0,
             save_times=jnp.asarray(ts),
-            **base,
-            **_cond_kwargs(exp, kw, lab),
+            **_sample_options(kw),
+            **cond,
         )
         out[f"{name} ({kw['method'].upper()})"] = np.asarray(res.trajectory)
         times[name] = ts

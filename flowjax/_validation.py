@@ -82,6 +82,17 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def concrete_float(fn: Callable[[], Any]) -> float | None:
+    """``float(fn())`` if it can be evaluated now, else ``None`` (e.g. a traced path's value)."""
+    try:
+        # evaluated now even inside a caller's jit (a path's fields are constants there too)
+        with jax.ensure_compile_time_eval():
+            val = fn()
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+    return float(np.asarray(val)) if is_concrete(val) else None
+
+
 def choice(value: str, valid: Sequence[str], what: str) -> str:
     """Return ``value`` if it is one of ``valid``; otherwise raise a ValueError listing them."""
     if value not in valid:

@@ -40,7 +40,8 @@ from flowjax.losses import (
     time_interval,
 )
 from flowjax.paths import PREDICTIONS, AbstractPath
-from flowjax.sampling import default_time_range, noise_schedule, sample
+from flowjax.sampling import sample, sampling_time_range
+from flowjax.solvers import AbstractSolver
 from flowjax.training import (
     create_train_state,
     make_mesh,
@@ -61,9 +62,7 @@ __all__ = [
 
 def _ode_start(path: AbstractPath, prediction: str) -> float:
     """The time the ODE sampler starts from by default (``t_min``, or just after it)."""
-    return default_time_range(
-        path, prediction=prediction, method="ode", sigma=noise_schedule(0.0, path)
-    )[0]
+    return sampling_time_range(path, prediction=prediction)[0]
 
 
 # ---------------------------------------------------------------------------- couplings
@@ -76,7 +75,7 @@ def generate_couplings(
     shape: tuple[int, ...],
     *,
     prediction: str = "velocity",
-    solver: str = "heun",
+    solver: str | AbstractSolver = "heun",
     num_steps: int = 100,
     batch_size: int | None = None,
     cond: Any = None,
@@ -89,11 +88,11 @@ def generate_couplings(
       path, prediction: its path and prediction kind.
       key: draws the noise ``x0 ~ N(0, I)`` (``[N, ...]`` of ``shape``).
       shape: ``(N, ...)``.
-      solver, num_steps: the ODE solver (any of :data:`flowjax.sampling.ODE_SOLVERS`) and steps.
+      solver, num_steps: the ODE solver (a :mod:`flowjax.solvers` object or name) and steps.
       batch_size: solve in chunks of this many rows (bounded memory; the last chunk may be
         smaller and compiles once more).
       cond: per-row conditioning ``[N, ...]`` (e.g. labels), passed chunk by chunk.
-      sample_kwargs: more options of :func:`flowjax.sampling.sample` (``adaptive``, ``rtol``...).
+      sample_kwargs: more options of :func:`flowjax.sampling.sample` (``adaptive``, ``time_grid``...).
 
     Returns:
       ``(x0, x1)``; the ODE starts from ``beta(t_start) * x0`` at the sampler's default start
@@ -302,7 +301,7 @@ def trajectory_straightness(
     shape: tuple[int, ...] | None,
     *,
     prediction: str = "velocity",
-    solver: str = "heun",
+    solver: str | AbstractSolver = "heun",
     num_steps: int = 128,
     x_start: Float[ArrayLike, "B ..."] | None = None,
     cond: Any = None,
@@ -312,9 +311,7 @@ def trajectory_straightness(
     The trajectories start from ``N(0, beta(t_start)^2 I)`` noise drawn with ``key`` (or from
     ``x_start``) at the ODE sampler's default start and end at its default end.
     """
-    t0, t1 = default_time_range(
-        path, prediction=prediction, method="ode", sigma=noise_schedule(0.0, path)
-    )
+    t0, t1 = sampling_time_range(path, prediction=prediction)
     dtype = jnp.result_type(float) if x_start is None else jnp.asarray(x_start).dtype
     ts = jnp.linspace(t0, t1, int(num_steps) + 1, dtype=dtype)
     if x_start is None:
@@ -338,7 +335,7 @@ def nfe_quality(
     reference: Float[ArrayLike, "M ..."],
     *,
     num_steps: Sequence[int] = (1, 2, 4, 8, 16, 32),
-    solver: str = "euler",
+    solver: str | AbstractSolver = "euler",
     prediction: str = "velocity",
     n: int | None = None,
     cond: Any = None,

@@ -69,7 +69,7 @@ def exact_rate():
     "path, prediction, kw",
     [
         (fj.CondOT(), "velocity", ODE),
-        (fj.VPLinear(), "eps", dict(method="sde", sigma="reverse", num_steps=1000)),
+        (fj.VPLinear(), "eps", dict(method="sde", num_steps=1000)),
     ],
     ids=["condot-velocity-ode", "vp-eps-reverse-sde"],
 )
@@ -78,8 +78,9 @@ def test_cfg_w1_is_the_class_conditional_and_w0_the_unconditional(floors, path, 
     labels = jnp.full((N,), 2, jnp.int32)
 
     def run(w):
-        return sample(model, path, jax.random.PRNGKey(1), (N, 2), prediction=prediction,
-                      cond=labels, guidance_scale=w, null_cond=jnp.int32(K), **kw).samples  # fmt: skip
+        guided = guided_model(model, labels, jnp.int32(K), w)
+        return sample(guided, path, jax.random.PRNGKey(1), (N, 2), prediction=prediction,
+                      **kw).samples  # fmt: skip
 
     w1, w0 = run(1.0), run(0.0)
     cond_tol, cond_ref = floors["cond"]
@@ -98,8 +99,8 @@ def test_cfg_classification_rate_matches_the_exact_conditional(exact_rate):
     model = G.conditional_oracle(MIX, PATH)
     rates = {}
     for w in (0.0, 1.0, 3.0):
-        x = sample(model, PATH, jax.random.PRNGKey(1), (n, 2), cond=labels, guidance_scale=w,
-                   null_cond=jnp.int32(K), **ODE).samples  # fmt: skip
+        x = sample(guided_model(model, labels, jnp.int32(K), w), PATH, jax.random.PRNGKey(1),
+                   (n, 2), **ODE).samples  # fmt: skip
         hit = np.asarray(bayes_class(x) == labels)
         rates[w] = hit.mean()
         if w == 1.0:
@@ -262,8 +263,8 @@ def test_cfg_end_to_end_with_label_dropout(exact_rate):
     labels = jnp.arange(n, dtype=jnp.int32) % K
     rates = {}
     for w in (0.0, 1.0, 3.0):
-        xs = sample(fn, PATH, jax.random.PRNGKey(3), (n, 2), cond=labels, guidance_scale=w,
-                    null_cond=jnp.int32(K), **ODE).samples  # fmt: skip
+        xs = sample(guided_model(fn, labels, jnp.int32(K), w), PATH, jax.random.PRNGKey(3),
+                    (n, 2), **ODE).samples  # fmt: skip
         rates[w] = float(jnp.mean(bayes_class(xs) == labels))
     print("trained CFG rates", rates, "exact", exact_rate)
     assert abs(rates[0.0] - 1 / K) < 0.03
@@ -314,7 +315,7 @@ def test_bad_labels_and_arguments_are_named():
 
 
 def test_classifier_free_is_the_samplers_guidance_with_checked_labels():
-    """``classifier_free`` equals ``sample(cond=, guidance_scale=, null_cond=K)`` step for step;
+    """``classifier_free`` equals ``guided_model(fn, labels, K, w)`` step for step;
     at w = 0 and w = 1 it is the null-label and the conditional prediction of the network; labels
     outside [0, K) (K read from the model) are rejected naming them, before any sampling."""
     net = M.MLP(hidden=(32,), num_classes=10)
@@ -329,11 +330,11 @@ def test_classifier_free_is_the_samplers_guidance_with_checked_labels():
     np.testing.assert_allclose(G.classifier_free(fn, labels, scale=1.0)(x, t), fn(x, t, labels),
                                atol=1e-6)  # fmt: skip
     assert float(jnp.max(jnp.abs(fn(x, t, labels) - fn(x, t, null)))) > 1e-3  # they differ
-    kw = dict(method="sde", sigma="reverse", num_steps=4)
+    kw = dict(method="sde", num_steps=4)
     a = sample(G.classifier_free(fn, labels, scale=2.5), PATH, jax.random.PRNGKey(2), (6, 64),
                **kw).samples  # fmt: skip
-    b = sample(fn, PATH, jax.random.PRNGKey(2), (6, 64), cond=labels, guidance_scale=2.5,
-               null_cond=jnp.int32(10), **kw).samples  # fmt: skip
+    b = sample(guided_model(fn, labels, jnp.int32(10), 2.5), PATH, jax.random.PRNGKey(2),
+               (6, 64), **kw).samples  # fmt: skip
     np.testing.assert_allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\] \(num_classes = 10\).*11"):
         G.classifier_free(fn, jnp.array([0, 11]), scale=2.0)

@@ -123,7 +123,7 @@ def test_exact_posterior_is_the_oracle_posterior(x64):
     "path, prediction, kw",
     [
         (fj.CondOT(), "velocity", dict(solver="heun", num_steps=100)),
-        (fj.VPLinear(), "score", dict(method="sde", sigma="reverse", num_steps=1000)),
+        (fj.VPLinear(), "score", dict(method="sde", num_steps=1000)),
     ],
     ids=["condot-velocity-ode", "vp-score-reverse-sde"],
 )
@@ -181,7 +181,7 @@ def test_approximate_posteriors_against_the_exact_one(ring_posterior, record_pro
     }
     samplers = {
         "ode": dict(solver="heun", num_steps=100),
-        "sde": dict(method="sde", sigma="reverse", num_steps=500),
+        "sde": dict(method="sde", num_steps=500),
     }
     errs = {}
     for m, model in methods.items():

@@ -28,7 +28,7 @@ def test_exact_log_likelihood_matches_oracle(pname, mname, x64):
     path = PATHS[pname]
     mix = eight_gaussians() if mname == "eight" else two_modes_1d()
     x = bulk(mix, 6)
-    t0, t1 = L.default_time_range(path, "velocity")
+    t0, t1 = L.likelihood_time_range(path, "velocity")
     res = L.log_likelihood(
         mix.model_fn(path),
         path,
@@ -50,7 +50,7 @@ def test_prior_approximation_at_vp_end_is_small_and_documented(x64):
     """VP's alpha(0) = 6.6e-3: the N(0, I) prior misses p_0 by O(alpha(0) |x| |mu|) nats."""
     path, mix = fj.VPLinear(), two_modes_1d()
     x = bulk(mix, 6)
-    t0, t1 = L.default_time_range(path, "velocity")
+    t0, t1 = L.likelihood_time_range(path, "velocity")
     res = L.log_likelihood(mix.model_fn(path), path, x, rtol=1e-6, atol=1e-6)
     err = np.abs(np.asarray(res.log_prob - mix.log_prob(path, x, t1)))
     z = res.latent
@@ -63,7 +63,7 @@ def test_prior_approximation_at_vp_end_is_small_and_documented(x64):
 def test_any_parameterization(prediction, x64):
     path, mix = fj.VPCosine(), eight_gaussians()
     x = bulk(mix, 4)
-    t0, t1 = L.default_time_range(path, prediction)
+    t0, t1 = L.likelihood_time_range(path, prediction)
     res = L.log_likelihood(
         mix.model_fn(path, prediction),
         path,
@@ -164,7 +164,7 @@ def test_shared_steps(x64):
         got = L.log_likelihood(model, path, x, shared_steps=True, **opts)
         np.testing.assert_allclose(got.log_prob, ref.log_prob, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(got.stderr, ref.stderr, rtol=1e-10, atol=1e-10)
-    t0, _ = L.default_time_range(path, "velocity")
+    t0, _ = L.likelihood_time_range(path, "velocity")
     exact_prior = lambda z: mix.log_prob(path, z, t0)  # noqa: E731
     per = L.log_likelihood(model, path, x, rtol=1e-6, atol=1e-6, prior_log_prob=exact_prior)
     shared = L.log_likelihood(

@@ -8,7 +8,17 @@ import pytest
 
 import flowjax as fj
 from flowjax.oracle import eight_gaussians, two_modes_1d, two_modes_2d
-from flowjax.sampling import SampleResult, default_time_range, noise_schedule, sample
+from flowjax.sampling import (
+    SDE,
+    AnnealedLangevin,
+    EDMStochastic,
+    PredictorCorrector,
+    SampleResult,
+    guided_model,
+    sample,
+    sampling_time_range,
+)
+from flowjax.solvers import Adaptive, Euler
 
 # ------------------------------------------------------------------ reproducibility
 
@@ -16,8 +26,8 @@ from flowjax.sampling import SampleResult, default_time_range, noise_schedule, s
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(method="sde", sigma=0.5, solver="shark", adaptive=True, rtol=1e-2, atol=1e-2),
-        dict(method="pc", sigma="reverse", corrector_steps=2, num_steps=20),
+        dict(method=SDE(sigma=0.5), solver="shark", adaptive=Adaptive(rtol=1e-2, atol=1e-2)),
+        dict(method=PredictorCorrector(sigma="reverse", corrector_steps=2), num_steps=20),
     ],
     ids=["adaptive-sde-vbt", "pc"],
 )
@@ -66,31 +76,29 @@ def test_every_prediction_gives_the_same_samples(x64):
 
 
 def test_default_time_ranges():
-    zero = noise_schedule(0.0, fj.CondOT())
-    half = noise_schedule(0.5, fj.CondOT())
-    rev = noise_schedule("reverse", fj.CondOT())
     cond = fj.CondOT()
+
+    def ends(path=cond, **kw):
+        return sampling_time_range(path, **kw)
+
     # ODE with velocity: the whole range.
-    assert default_time_range(cond, prediction="velocity", method="ode", sigma=zero) == (0.0, 1.0)
+    assert ends() == (0.0, 1.0)
     # eps/score need alpha > 0 at the start; score/x1 need beta > 0 at the end.
-    assert default_time_range(cond, prediction="eps", method="ode", sigma=zero) == (1e-3, 1.0)
-    assert default_time_range(cond, prediction="score", method="ode", sigma=zero) == (
-        1e-3,
-        1.0 - 1e-3,
-    )
-    assert default_time_range(cond, prediction="x1", method="ode", sigma=zero) == (0.0, 1 - 1e-3)
+    assert ends(prediction="eps") == (1e-3, 1.0)
+    assert ends(prediction="score") == (1e-3, 1.0 - 1e-3)
+    assert ends(prediction="x1") == (0.0, 1 - 1e-3)
     # Score-based sampling ends 1e-3 from the data end; the reverse SDE needs alpha > 0.
-    assert default_time_range(cond, prediction="velocity", method="sde", sigma=half) == (
-        0.0,
-        1.0 - 1e-3,
-    )
-    assert default_time_range(cond, prediction="velocity", method="sde", sigma=rev)[0] == 1e-3
+    assert ends(method=SDE(sigma=0.5)) == (0.0, 1.0 - 1e-3)
+    assert ends(method="sde")[0] == 1e-3  # sigma="reverse"
+    assert ends(method=PredictorCorrector()) == (0.0, 1.0 - 1e-3)
+    # EDM's sampler and DPM-Solver++(2S) need finite sigma = beta / alpha (2S: at both ends);
+    # the multistep exponential integrators take alpha = 0 at the start exactly.
+    assert ends(method="edm") == (1e-3, 1.0)
+    assert ends(solver="dpmpp_2s") == (1e-3, 1.0 - 1e-3)
+    assert ends(solver="dpmpp_2m") == (0.0, 1.0)
     vp = fj.VPLinear()  # alpha(0) = 6.6e-3 > 0: no margin needed at the start
-    assert default_time_range(vp, prediction="eps", method="sde", sigma=rev) == (0.0, 1.0 - 1e-3)
-    assert default_time_range(vp, prediction="velocity", method="ode", sigma=zero) == (
-        0.0,
-        vp.t_max,
-    )
+    assert ends(vp, prediction="eps", method="sde") == (0.0, 1.0 - 1e-3)
+    assert ends(vp) == (0.0, vp.t_max)
 
 
 def test_denoise_final_returns_the_denoiser():
@@ -133,11 +141,11 @@ def test_guidance_one_batched_call_and_limits(x64):
             return super().__call__(x, t, labels)
 
     key = jax.random.PRNGKey(0)
-    kw = dict(num_steps=20, t_start=0.01, t_end=0.99, cond=labels, null_cond=null)
+    kw = dict(num_steps=20, t_start=0.01, t_end=0.99)
 
     def guided(pred, w):
-        return sample(Counted(mix, path, pred), path, key, (b, 1), prediction=pred,
-                      guidance_scale=w, **kw)  # fmt: skip
+        model = guided_model(Counted(mix, path, pred), labels, null, w)
+        return sample(model, path, key, (b, 1), prediction=pred, **kw)
 
     res = guided("velocity", 3.0)
     jax.block_until_ready(res)
@@ -190,37 +198,39 @@ def setup():
 
 def test_unknown_names_list_the_valid_ones(setup):
     model, path, key = setup
-    with pytest.raises(ValueError, match="ode, sde, pc, langevin"):
+    with pytest.raises(ValueError, match="ode, sde, pc, langevin, edm"):
         sample(model, path, key, (4, 2), method="flow")
-    with pytest.raises(ValueError, match=r"euler, heun, midpoint.*dopri8"):
+    with pytest.raises(ValueError, match=r"euler, heun, midpoint.*dopri8, dpmpp_2m.*unipc"):
         sample(model, path, key, (4, 2), solver="rk4")
     with pytest.raises(ValueError, match="euler, heun, shark, sra1"):
-        sample(model, path, key, (4, 2), method="sde", sigma=1.0, solver="tsit5")
+        sample(model, path, key, (4, 2), method="sde", solver="tsit5")
     with pytest.raises(ValueError, match="adaptive ODE solvers are: heun"):
         sample(model, path, key, (4, 2), adaptive=True)
     with pytest.raises(ValueError, match="auto, diffrax, scan"):
-        sample(model, path, key, (4, 2), backend="torch")
-    with pytest.raises(ValueError, match="uniform, edm"):
+        sample(model, path, key, (4, 2), solver=Euler(backend="torch"))
+    with pytest.raises(ValueError, match="uniform, edm, logsnr"):
         sample(model, path, key, (4, 2), time_grid="cosine")
     with pytest.raises(ValueError, match="velocity, score, eps, x1, v"):
         sample(model, path, key, (4, 2), prediction="noise")
     with pytest.raises(ValueError, match="reverse"):
-        sample(model, path, key, (4, 2), method="sde", sigma="forward")
+        sample(model, path, key, (4, 2), method=SDE(sigma="forward"))
+    with pytest.raises(TypeError, match="method must be a name"):
+        sample(model, path, key, (4, 2), method=3)
+    with pytest.raises(TypeError, match="adaptive must be False, True or"):
+        sample(model, path, key, (4, 2), adaptive="yes")
 
 
 def test_bad_sigma(setup):
     model, path, key = setup
     with pytest.raises(ValueError, match=r"sigma must be a finite non-negative number; got -0\.5"):
-        sample(model, path, key, (4, 2), method="sde", sigma=-0.5)
+        SDE(sigma=-0.5)
     with pytest.raises(ValueError, match="non-negative"):
-        sample(model, path, key, (4, 2), method="sde", sigma=float("nan"))
-    with pytest.raises(ValueError, match="method='sde'"):
-        sample(model, path, key, (4, 2), method="ode", sigma=0.5)
+        PredictorCorrector(sigma=float("nan"))
     # A callable sigma is checked inside the compiled program in checked mode.
     with pytest.raises(Exception, match="sigma_t must be non-negative"):
         fj.checked(
             lambda: sample(
-                model, path, key, (4, 2), method="sde", sigma=lambda t: t - 0.5, num_steps=4
+                model, path, key, (4, 2), method=SDE(sigma=lambda t: t - 0.5), num_steps=4
             )
         )()
 
@@ -244,21 +254,33 @@ def test_times_outside_the_path_range(setup):
     with pytest.raises(ValueError, match="save_times must lie"):
         sample(model, path, key, (4, 2), save_times=jnp.array([0.5, 1.2]))
     with pytest.raises(ValueError, match="runs forward in time"):
-        sample(model, path, key, (4, 2), method="sde", sigma=1.0, t_start=0.9, t_end=0.1)
+        sample(model, path, key, (4, 2), method=SDE(sigma=1.0), t_start=0.9, t_end=0.1)
 
 
 def test_inconsistent_options(setup):
     model, path, key = setup
-    with pytest.raises(ValueError, match="corrector_steps >= 1"):
-        sample(model, path, key, (4, 2), method="pc")
-    with pytest.raises(ValueError, match="needs method='pc'"):
-        sample(model, path, key, (4, 2), corrector_steps=2)
-    with pytest.raises(ValueError, match="backend='scan' runs fixed-grid Euler"):
-        sample(model, path, key, (4, 2), solver="heun", backend="scan")
-    with pytest.raises(ValueError, match="adaptive=True is for method"):
-        sample(model, path, key, (4, 2), method="pc", corrector_steps=1, adaptive=True)
-    with pytest.raises(ValueError, match="guidance_scale needs both cond and null_cond"):
-        sample(model, path, key, (4, 2), cond=jnp.zeros(4, jnp.int32), guidance_scale=2.0)
+    with pytest.raises(
+        ValueError, match=r"PredictorCorrector.corrector_steps must be an integer >= 1"
+    ):
+        PredictorCorrector(corrector_steps=0)
+    with pytest.raises(ValueError, match=r"AnnealedLangevin.snr must be a finite number > 0"):
+        AnnealedLangevin(snr=0.0)
+    with pytest.raises(ValueError, match="EDMStochastic needs s_tmin <= s_tmax"):
+        EDMStochastic(s_tmin=2.0, s_tmax=1.0)
+    with pytest.raises(ValueError, match="adaptive steps are for method 'ode' or 'sde'"):
+        sample(model, path, key, (4, 2), method="pc", adaptive=True)
+    with pytest.raises(ValueError, match="time_grid only applies to fixed steps"):
+        sample(model, path, key, (4, 2), solver="tsit5", adaptive=True, time_grid="edm")
+    with pytest.raises(ValueError, match=r"Adaptive\.rtol must be a positive finite number"):
+        Adaptive(rtol=-1.0)
+    with pytest.raises(ValueError, match="unknown error_norm 'l2'; valid choices are: max, rms"):
+        Adaptive(error_norm="l2")
+    with pytest.raises(
+        ValueError, match="DPMSolverPP integrates the probability-flow ODE: use it with"
+    ):
+        sample(model, path, key, (4, 2), method="pc", solver="dpmpp_2m")
+    with pytest.raises(ValueError, match="method='edm' steps with solver 'heun'"):
+        sample(model, path, key, (4, 2), method="edm", solver="tsit5")
     with pytest.raises(ValueError, match="leading batch axis of size B = 4"):
         sample(model, path, key, (4, 2), cond=jnp.zeros(3, jnp.int32))
     with pytest.raises(ValueError, match="differs from x_start"):

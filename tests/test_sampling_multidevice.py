@@ -18,7 +18,8 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 import flowjax as fj
-from flowjax.sampling import sample
+from flowjax.sampling import SDE, PredictorCorrector, guided_model, sample
+from flowjax.solvers import Adaptive
 
 assert jax.device_count() == 8
 mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -26,17 +27,25 @@ sharding = NamedSharding(mesh, P("data"))
 path = fj.VPLinear()
 model = fj.oracle.eight_gaussians().model_fn(path)
 key = jax.random.PRNGKey(0)
+labeled = fj.guidance.conditional_oracle(fj.oracle.eight_gaussians(), path)
+labels = jax.numpy.arange(256) % 8
 cases = {
     "ode_euler_scan": dict(num_steps=40),
-    "ode_tsit5_adaptive": dict(solver="tsit5", adaptive=True, rtol=1e-4, atol=1e-4),
-    "sde_euler_maruyama": dict(method="sde", sigma=0.5, num_steps=40),
-    "sde_shark_diffrax": dict(method="sde", sigma="reverse", solver="shark", num_steps=40),
-    "pc": dict(method="pc", sigma="reverse", corrector_steps=1, num_steps=40),
+    "ode_tsit5_adaptive": dict(solver="tsit5", adaptive=Adaptive(rtol=1e-4, atol=1e-4)),
+    "sde_euler_maruyama": dict(method=SDE(sigma=0.5), num_steps=40),
+    "sde_shark_diffrax": dict(method=SDE(sigma="reverse"), solver="shark", num_steps=40),
+    "pc": dict(method=PredictorCorrector(sigma="reverse", corrector_steps=1), num_steps=40),
+    "dpmpp_3m": dict(solver="dpmpp_3m", num_steps=10, time_grid="logsnr"),
+    "cond": dict(num_steps=20, cond=labels),
+    "guided": dict(num_steps=20),
 }
 for name in sys.argv[1:]:
     kw = cases[name]
-    one = sample(model, path, key, (256, 2), **kw)
-    many = sample(model, path, key, (256, 2), sharding=sharding, **kw)
+    fn = labeled if name == "cond" else model
+    if name == "guided":
+        fn = guided_model(labeled, labels, 8, 2.0)
+    one = sample(fn, path, key, (256, 2), **kw)
+    many = sample(fn, path, key, (256, 2), sharding=sharding, **kw)
     assert len(many.samples.sharding.device_set) == 8, (name, many.samples.sharding)
     np.testing.assert_allclose(np.asarray(many.samples), np.asarray(one.samples),
                                rtol=1e-10, atol=1e-10, err_msg=name)
@@ -54,10 +63,11 @@ def _run(names):
 
 @pytest.mark.multiprocess
 def test_sharded_batch_gives_single_device_samples():
-    _run(["ode_tsit5_adaptive", "pc"])  # adaptive steps (batch-max norm); noise + batch mean
+    # adaptive steps (batch-max norm); noise + batch mean; labels as cond and in a guided model
+    _run(["ode_tsit5_adaptive", "pc", "cond", "guided"])
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_sharded_batch_more_methods():
-    _run(["ode_euler_scan", "sde_euler_maruyama", "sde_shark_diffrax"])
+    _run(["ode_euler_scan", "sde_euler_maruyama", "sde_shark_diffrax", "dpmpp_3m"])

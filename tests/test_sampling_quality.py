@@ -25,7 +25,8 @@ import pytest
 import flowjax as fj
 from flowjax.distances import energy_distance, finite_sample_floor
 from flowjax.oracle import eight_gaussians, two_modes_2d
-from flowjax.sampling import sample
+from flowjax.sampling import SDE, PredictorCorrector, sample
+from flowjax.solvers import Adaptive
 
 N = 2000
 FLOOR_REPEATS = 10
@@ -34,12 +35,12 @@ SIGMAS_ABOVE_FLOOR = 4.0
 PATHS = {"condot": fj.CondOT(), "vp_linear": fj.VPLinear(), "ve": fj.VE()}
 DATASETS = {"eight_gaussians": eight_gaussians(), "two_modes_2d": two_modes_2d()}
 
-METHODS = {
-    "adaptive_ode": dict(method="ode", solver="tsit5", adaptive=True, rtol=1e-4, atol=1e-4),
-    "sde_sigma_0.5": dict(method="sde", sigma=0.5, solver="shark", num_steps=200),
-    "reverse_sde": dict(method="sde", sigma="reverse", num_steps=200, time_grid="edm"),
+SAMPLERS = {
+    "adaptive_ode": dict(method="ode", solver="tsit5", adaptive=Adaptive(rtol=1e-4, atol=1e-4)),
+    "sde_sigma_0.5": dict(method=SDE(sigma=0.5), solver="shark", num_steps=200),
+    "reverse_sde": dict(method=SDE(sigma="reverse"), num_steps=200, time_grid="edm"),
     "predictor_corrector": dict(
-        method="pc", sigma="reverse", corrector_steps=1, snr=0.16, num_steps=200
+        method=PredictorCorrector(sigma="reverse", corrector_steps=1, snr=0.16), num_steps=200
     ),
 }
 
@@ -86,12 +87,12 @@ def _check(samples, floors, label):
         assert d < bound, f"{label} {name}: energy distance {d:.4f} > floor {m:.4f} + 4 x {s:.4f}"
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(SAMPLERS))
 @pytest.mark.parametrize("path_name", list(PATHS))
 def test_samples_match_data(path_name, method, floors):
     path = PATHS[path_name]
     model = TwoOracles(*DATASETS.values(), path, "velocity", N)
-    res = sample(model, path, jax.random.PRNGKey(1), (2 * N, 2), **METHODS[method])
+    res = sample(model, path, jax.random.PRNGKey(1), (2 * N, 2), **SAMPLERS[method])
     _check(res.samples, floors, f"{path_name}/{method}")
 
 
@@ -100,7 +101,7 @@ def test_samples_match_data(path_name, method, floors):
 def test_other_predictions_sample_the_data(prediction, floors):
     # Every prediction kind goes through the same conversions: VP with the reverse SDE (score SDE's
     # sampler) and CondOT with the ODE.
-    for path, kw in ((fj.VPLinear(), METHODS["reverse_sde"]), (fj.CondOT(), {"num_steps": 100})):
+    for path, kw in ((fj.VPLinear(), SAMPLERS["reverse_sde"]), (fj.CondOT(), {"num_steps": 100})):
         model = TwoOracles(*DATASETS.values(), path, prediction, N)
         res = sample(model, path, jax.random.PRNGKey(2), (2 * N, 2), prediction=prediction, **kw)
         _check(res.samples, floors, f"{type(path).__name__}/{prediction}")
@@ -131,8 +132,7 @@ def test_sde_marginals_match_p_t(sigma):
         path,
         jax.random.PRNGKey(4),
         (N, 2),
-        method="sde",
-        sigma=sigma,
+        method=SDE(sigma=sigma),
         num_steps=300,
         save_times=jnp.array(times),
     )

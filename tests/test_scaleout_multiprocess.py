@@ -69,7 +69,7 @@ if mode == "full":
         D.sample(oracle, path, key, (32, 2), solver="tsit5", adaptive=True).samples
     )
     results["sde"] = D.gather(
-        D.sample(oracle, path, key, (32, 2), method="sde", sigma=0.5, num_steps=20).samples
+        D.sample(oracle, path, key, (32, 2), method=fj.sampling.SDE(sigma=0.5), num_steps=20).samples
     )
     pts = hard_and_easy_points(8)  # process p holds rows [8p, 8p + 8) of 16 (far ones first)
     n = 16 // nproc

@@ -353,10 +353,14 @@ def w2_sampling(peers: dict, model, params, n: int, rounds: int) -> dict:
     settings = {
         "euler_100": dict(solver="euler", num_steps=100),
         "midpoint_50": dict(solver="midpoint", num_steps=50),
-        "dopri5_1e-5": dict(solver="dopri5", adaptive=True, rtol=1e-5, atol=1e-5, num_steps=20),
+        "dopri5_1e-5": dict(
+            solver="dopri5", adaptive=fj.solvers.Adaptive(rtol=1e-5, atol=1e-5), num_steps=20
+        ),
         # the peers' error norm (RMS over the whole batch); flowjax's default bounds every example
         "dopri5_1e-5_rms": dict(
-            solver="dopri5", adaptive=True, rtol=1e-5, atol=1e-5, num_steps=20, error_norm="rms"
+            solver="dopri5",
+            adaptive=fj.solvers.Adaptive(rtol=1e-5, atol=1e-5, error_norm="rms"),
+            num_steps=20,
         ),
     }
     # flowjax's own fast settings (fewer NFE): a quality-against-time curve

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 
 import flowjax as fj
 from flowjax.distances import energy_distance, finite_sample_floor
-from flowjax.sampling import sample
+from flowjax.sampling import SDE, AnnealedLangevin, PredictorCorrector, sample
+from flowjax.solvers import Adaptive, Euler
 
 # ---------------------------------------------------------------------- timing helpers
 
@@ -97,7 +98,7 @@ def solver_overhead(
     that the solvers' own per-step cost shows. ``sde=True``: Euler-Maruyama with ``sigma = 0.5``
     (the noise draws count as solver cost).
     """
-    extra = dict(method="sde", sigma=0.5) if sde else {}
+    extra = dict(method=SDE(sigma=0.5)) if sde else {}
     path = fj.CondOT()
     if model == "mlp":
         params, apply = init_mlp(jax.random.PRNGKey(0)), mlp_apply
@@ -120,7 +121,7 @@ def solver_overhead(
         def run(params, key):
             model = jax.tree_util.Partial(apply, params)
             return sample(
-                model, path, key, (batch, 2), num_steps=num_steps, backend=backend, **extra
+                model, path, key, (batch, 2), num_steps=num_steps, solver=Euler(backend), **extra
             ).samples
 
         return run
@@ -130,7 +131,7 @@ def solver_overhead(
     def direct(backend: str):  # sample() called from Python each time (validation included)
         model = jax.tree_util.Partial(apply, params)
         return lambda: sample(
-            model, path, key, (batch, 2), num_steps=num_steps, backend=backend, **extra
+            model, path, key, (batch, 2), num_steps=num_steps, solver=Euler(backend), **extra
         )
 
     times = _alternate(
@@ -177,29 +178,29 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("ode midpoint N=25", dict(method="ode", solver="midpoint", num_steps=25)),
     (
         "ode tsit5 adaptive 1e-3",
-        dict(method="ode", solver="tsit5", adaptive=True, rtol=1e-3, atol=1e-3),
+        dict(method="ode", solver="tsit5", adaptive=Adaptive(rtol=1e-3, atol=1e-3)),
     ),
     ("ode tsit5 adaptive 1e-5", dict(method="ode", solver="tsit5", adaptive=True)),
     ("ode dopri5 adaptive 1e-5", dict(method="ode", solver="dopri5", adaptive=True)),
     ("ode dopri8 adaptive 1e-5", dict(method="ode", solver="dopri8", adaptive=True)),
-    ("sde sigma=0.5 euler N=100", dict(method="sde", sigma=0.5, num_steps=100)),
-    ("sde sigma=0.5 euler N=400", dict(method="sde", sigma=0.5, num_steps=400)),
-    ("sde sigma=0.5 shark N=100", dict(method="sde", sigma=0.5, solver="shark", num_steps=100)),
+    ("sde sigma=0.5 euler N=100", dict(method=SDE(sigma=0.5), num_steps=100)),
+    ("sde sigma=0.5 euler N=400", dict(method=SDE(sigma=0.5), num_steps=400)),
+    ("sde sigma=0.5 shark N=100", dict(method=SDE(sigma=0.5), solver="shark", num_steps=100)),
     (
         "sde sigma=0.5 shark adaptive 1e-2",
-        dict(method="sde", sigma=0.5, solver="shark", adaptive=True, rtol=1e-2, atol=1e-2),
+        dict(method=SDE(sigma=0.5), solver="shark", adaptive=Adaptive(rtol=1e-2, atol=1e-2)),
     ),
-    ("sde reverse euler N=100", dict(method="sde", sigma="reverse", num_steps=100)),
+    ("sde reverse euler N=100", dict(method=SDE(sigma="reverse"), num_steps=100)),
     (
         "sde reverse euler edm N=100",
-        dict(method="sde", sigma="reverse", num_steps=100, time_grid="edm"),
+        dict(method=SDE(sigma="reverse"), num_steps=100, time_grid="edm"),
     ),
     (
         "pc reverse+1 corrector N=100",
-        dict(method="pc", sigma="reverse", corrector_steps=1, num_steps=100),
+        dict(method=PredictorCorrector(sigma="reverse", corrector_steps=1), num_steps=100),
     ),
-    ("pc ode+1 corrector N=100", dict(method="pc", corrector_steps=1, num_steps=100)),
-    ("langevin 100 levels x 5", dict(method="langevin", corrector_steps=5, num_steps=100)),
+    ("pc ode+1 corrector N=100", dict(method=PredictorCorrector(corrector_steps=1), num_steps=100)),
+    ("langevin 100 levels x 5", dict(method=AnnealedLangevin(steps=5), num_steps=100)),
 ]
 
 

@@ -28,29 +28,38 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-#: Every key a sampler entry has; see ``flowjax.sampling.sample`` for their meaning. ``sigma`` is
-#: a string: a number (``"0.5"``: constant sigma_t) or ``"reverse"`` (the reverse-time SDE).
-#: ``None`` entries are optional (typed placeholders in the config, see ``_PLACEHOLDERS``).
+#: Every key a sampler entry has (flat; ``experiments.train`` builds the method, solver, grid and
+#: step-control objects of ``flowjax.sampling.sample`` from them). ``sigma`` is a string: a number
+#: (``"0.5"``: constant sigma_t) or ``"reverse"`` (the reverse-time SDE). ``corrector_steps``: the
+#: Langevin steps of ``pc`` and ``langevin``. ``churn, s_tmin, s_tmax, s_noise``: ``edm``'s
+#: stochasticity (``s_tmax`` None: no upper limit). ``rtol, atol, error_norm, max_steps``: adaptive
+#: steps. ``backend``: the loop of solver ``euler``. ``None`` entries are optional (typed
+#: placeholders in the config, see ``_PLACEHOLDERS``).
 SAMPLER_DEFAULTS = {
-    "method": "ode",  # ode | sde | pc | langevin
-    "solver": "euler",
+    "method": "ode",  # ode | sde | pc | langevin | edm
+    "solver": "euler",  # euler, heun, ..., dpmpp_2m, dpmpp_3m, dpmpp_2s, unipc, unipc_3, shark
     "num_steps": 100,
     "adaptive": False,
     "rtol": 1e-5,
     "atol": 1e-5,
+    "error_norm": "max",  # max (every example) | rms (the batch's RMS)
     "max_steps": 4096,
-    "time_grid": "uniform",  # uniform | edm
-    "rho": 7.0,
+    "time_grid": "uniform",  # uniform | edm | logsnr
+    "rho": 7.0,  # the edm grid's exponent
     "sigma": "0",
     "t_start": None,
     "t_end": None,
     "denoise_final": False,
     "corrector_steps": 0,
     "snr": 0.16,
+    "churn": 0.0,
+    "s_tmin": 0.0,
+    "s_tmax": None,
+    "s_noise": 1.0,
     "guidance_scale": None,  # class-conditional models: classifier-free guidance weight w
-    "backend": "auto",
+    "backend": "auto",  # auto | scan | diffrax
 }
-_PLACEHOLDERS = {"t_start": float, "t_end": float, "guidance_scale": float}
+_PLACEHOLDERS = {"t_start": float, "t_end": float, "s_tmax": float, "guidance_scale": float}
 
 
 def sampler(**overrides) -> ml_collections.ConfigDict:

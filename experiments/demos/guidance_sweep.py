@@ -44,7 +44,7 @@ WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
 ODE = dict(solver="heun", num_steps=50)
 DIGIT_SAMPLERS = {
     "ode": dict(solver="heun", num_steps=50),
-    "sde": dict(method="sde", sigma="reverse", num_steps=200),
+    "sde": dict(method="sde", num_steps=200),  # sde: SDE(sigma="reverse")
 }
 _ed = jax.jit(energy_distance)
 

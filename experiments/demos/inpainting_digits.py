@@ -40,7 +40,7 @@ from flowjax.sampling import sample
 
 PATH = fj.CondOT()
 SAMPLERS = {
-    "sde": dict(method="sde", sigma="reverse", num_steps=300),
+    "sde": dict(method="sde", num_steps=300),  # sde: SDE(sigma="reverse")
     "ode": dict(solver="heun", num_steps=50),
 }
 #: name -> (method, scale, guidance_start)

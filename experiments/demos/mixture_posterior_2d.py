@@ -39,7 +39,7 @@ NOISE = 0.5
 YS = (0.0, 2.0, 3.5)
 SAMPLERS = {
     "ode": dict(solver="heun", num_steps=100),
-    "sde": dict(method="sde", sigma="reverse", num_steps=500),
+    "sde": dict(method="sde", num_steps=500),  # sde: SDE(sigma="reverse")
 }
 GUIDANCE_STARTS = (0.0, 0.1)
 SHOWN = ("exact", "dps_oracle_start0.0", "pigdm_oracle_start0.0", "dps_learned_start0.0",

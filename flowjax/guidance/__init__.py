@@ -1,8 +1,7 @@
 """Guidance: steering a diffusion / flow model towards a class.
 
-* Classifier-free guidance lives in the sampler (``flowjax.sampling.sample(..., cond=labels,
-  guidance_scale=w, null_cond=K)``, one batched model call); :func:`classifier_free` is its
-  class-label front end (labels checked against ``K`` eagerly, a ``model_fn(x, t)`` for any
+* Classifier-free guidance is a model wrapper (``flowjax.sampling.guided_model(model_fn, labels,
+  K, w)``, one batched model call); :func:`classifier_free` is its class-label front end (labels checked against ``K`` eagerly, a ``model_fn(x, t)`` for any
   sampler). Train for it with ``flowjax.losses.make_loss(..., num_classes=K, label_dropout=p)``.
   :func:`conditional_oracle` is its exact counterpart on a Gaussian mixture (components as
   classes, null label ``K``).

@@ -1,8 +1,9 @@
 """Classifier-free guidance over class labels, with the labels checked against the model's classes.
 
-:func:`flowjax.sampling.sample` guides any conditional model (``cond=..., guidance_scale=w,
-null_cond=...``) but cannot know how many classes the model has, and inside the compiled sampler a
-label out of range is only caught in checked mode. :func:`classifier_free` is the class-label
+:func:`flowjax.sampling.sample` takes any guided model, and
+:func:`flowjax.sampling.guided_model` wraps any conditional one, but neither can know how many
+classes the model has, and inside the compiled sampler a label out of range is only caught in
+checked mode. :func:`classifier_free` is the class-label
 front end: it checks the labels eagerly against ``K`` (read from the model when it says it) and
 returns a ``model_fn(x, t)`` (a :class:`flowjax.sampling.GuidedModel`, one batched call of the
 conditional and null-label predictions) that every sampler and solver accepts.

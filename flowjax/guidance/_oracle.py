@@ -4,7 +4,7 @@ With the components of a :class:`flowjax.oracle.GaussianMixture` as classes,
 
 * :func:`conditional_oracle` is a perfect class-conditional model ``fn(x, t, labels)`` that follows
   the learned models' convention: label ``K`` (the null label) means "no class", so it plugs into
-  classifier-free guidance (``sample(..., cond=labels, guidance_scale=w, null_cond=K)``) exactly
+  classifier-free guidance (``classifier_free(fn, labels, scale=w)``, ``guided_model``) exactly
   as a network trained with label dropout does;
 * :func:`oracle_classifier` is the Bayes classifier of noisy points, ``logits_k(x, t) = log w_k +
   log p_t(x | k)`` (its softmax is :meth:`GaussianMixture.responsibilities`), the exact

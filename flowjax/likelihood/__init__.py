@@ -4,19 +4,21 @@ from flowjax.likelihood._bpd import bits_per_dim
 from flowjax.likelihood._divergence import exact_divergence, hutchinson_divergence
 from flowjax.likelihood._images import image_bits_per_dim
 from flowjax.likelihood._ode import (
+    LIKELIHOOD_DATA_END_MARGIN,
     LikelihoodResult,
-    default_time_range,
+    likelihood_time_range,
     log_likelihood,
     sample_with_log_prob,
 )
 
 __all__ = [
+    "LIKELIHOOD_DATA_END_MARGIN",
     "LikelihoodResult",
     "bits_per_dim",
-    "default_time_range",
     "exact_divergence",
     "hutchinson_divergence",
     "image_bits_per_dim",
+    "likelihood_time_range",
     "log_likelihood",
     "sample_with_log_prob",
 ]

@@ -37,18 +37,22 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from flowjax import _validation as v
+from flowjax import solvers
 from flowjax.likelihood._divergence import exact_divergence, hutchinson_divergence, sample_probes
 from flowjax.parameterization import convert
 from flowjax.paths import PREDICTIONS, AbstractPath
-from flowjax.sampling._ode import fsal_initial_state
-from flowjax.sampling._sample import ode_time_range
-from flowjax.sampling._solvers import get_solver
 
-__all__ = ["LikelihoodResult", "default_time_range", "log_likelihood", "sample_with_log_prob"]
+__all__ = [
+    "LIKELIHOOD_DATA_END_MARGIN",
+    "LikelihoodResult",
+    "likelihood_time_range",
+    "log_likelihood",
+    "sample_with_log_prob",
+]
 
 #: Likelihoods stop this close to a data end where the prediction is undefined (``beta = 0``):
 #: score SDE's likelihood cut-off.
-DATA_END_MARGIN = 1e-5
+LIKELIHOOD_DATA_END_MARGIN = 1e-5
 
 
 class LikelihoodResult(eqx.Module):
@@ -69,14 +73,22 @@ class LikelihoodResult(eqx.Module):
     success: Bool[Array, " B"]
 
 
-def default_time_range(path: AbstractPath, prediction: str) -> tuple[float, float]:
+def likelihood_time_range(path: AbstractPath, prediction: str) -> tuple[float, float]:
     """``(t_start, t_end)`` for a ``prediction`` model's likelihood on ``path``.
 
     The path's whole range where the prediction converts to a velocity; otherwise a margin of
-    ``1e-3`` at the noise end (eps/score models where ``alpha = 0``) and ``1e-5`` at the data end
-    (score/x1 models where ``beta = 0``). See ``flowjax.sampling`` for the same rule in sampling.
+    ``1e-3`` at the noise end (eps/score models where ``alpha = 0``,
+    ``flowjax.solvers.NOISE_END_MARGIN``) and ``1e-5`` at the data end (score/x1 models where
+    ``beta = 0``, :data:`LIKELIHOOD_DATA_END_MARGIN`), by the rule of
+    :func:`flowjax.solvers.solve_ends`.
     """
-    return ode_time_range(path, prediction, data_end_margin=DATA_END_MARGIN)
+    v.choice(prediction, PREDICTIONS, "prediction")
+    return solvers.solve_ends(
+        path,
+        needs_alpha=prediction in ("eps", "score"),
+        needs_beta=prediction in ("score", "x1"),
+        data_end_margin=LIKELIHOOD_DATA_END_MARGIN,
+    )
 
 
 def _make_velocity(model_fn, path, prediction: str, has_cond: bool):
@@ -99,14 +111,25 @@ def _make_velocity(model_fn, path, prediction: str, has_cond: bool):
     return u
 
 
-def _controller(solver: str, num_steps: int | None, t0: float, t1: float, rtol, atol):
-    """The solver spec and step-size controller: adaptive without ``num_steps``, else a grid."""
-    spec = get_solver(solver, stochastic=False, adaptive=num_steps is None)
-    if num_steps is None:
-        return spec, diffrax.PIDController(rtol=rtol, atol=atol)
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}")
-    return spec, diffrax.StepTo(ts=jnp.linspace(t0, t1, num_steps + 1))
+def _steps(
+    solver: str | solvers.AbstractSolver,
+    num_steps: int | None,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+) -> tuple[solvers.AbstractDiffraxSolver, solvers.Adaptive | None]:
+    """The solver and the step control: adaptive without ``num_steps``, else a uniform grid."""
+    obj = solvers.get_solver(solver, adaptive=num_steps is None)
+    if not isinstance(obj, solvers.AbstractDiffraxSolver):
+        raise ValueError(
+            f"the likelihood's augmented ODE needs a Runge-Kutta solver (euler, heun, midpoint, "
+            f"ralston, bosh3, tsit5, dopri5, dopri8); got {solver!r}"
+        )
+    if num_steps is not None:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}")
+        return obj, None
+    return obj, solvers.Adaptive(rtol=rtol, atol=atol, error_norm="rms", max_steps=max_steps)
 
 
 def _solve(
@@ -120,11 +143,9 @@ def _solve(
     divergence: str,
     num_probes: int,
     probe: str,
-    solver: str,
+    solver: solvers.AbstractDiffraxSolver,
+    adaptive: solvers.Adaptive | None,
     num_steps: int | None,
-    rtol: float,
-    atol: float,
-    max_steps: int,
     t0: float,
     t1: float,
     divergence_chunk: int | None,
@@ -137,7 +158,9 @@ def _solve(
     batch, whose adaptive steps are chosen on the RMS error over all of it.
     """
     u = _make_velocity(model_fn, path, prediction, has_cond)
-    spec, controller = _controller(solver, num_steps, t0, t1, rtol, atol)
+    grid = None
+    if adaptive is None:
+        grid = solvers.UniformGrid()(path, num_steps, t0, t1, x.dtype)
     batch = x.shape[0]
     if divergence == "exact":
         aux, width = jnp.zeros((batch,), x.dtype), 1  # nothing per example
@@ -153,24 +176,13 @@ def _solve(
         return fx, -est
 
     def run(field: Callable, y0: tuple[Array, Array]):
-        term, solver_obj = diffrax.ODETerm(field), spec.make()
-        sol = diffrax.diffeqsolve(
-            term,
-            solver_obj,
-            t0=t0,
-            t1=t1,
-            dt0=None,
-            y0=y0,
-            stepsize_controller=controller,
-            max_steps=max_steps,
-            throw=False,
-            solver_state=fsal_initial_state(solver_obj, term, jnp.asarray(t0), jnp.asarray(t1), y0),
-        )
-        x_end, L = jax.tree.map(lambda a: a[-1], sol.ys)
-        steps = jnp.asarray(sol.stats["num_steps"])
-        rejected = jnp.asarray(sol.stats["num_rejected_steps"])
-        ok = sol.result == diffrax.RESULTS.successful
-        return x_end, L, spec.nfe(steps), steps, rejected, ok
+        # one example's state is unbatched: its error norm is the RMS over the state
+        sol = solvers.integrate(
+            diffrax.ODETerm(field), solver, y0, t0=t0, t1=t1, grid=grid, adaptive=adaptive,
+            error_norm="rms", throw=False,
+        )  # fmt: skip
+        x_end, L = sol.y
+        return x_end, L, sol.nfe, sol.num_steps, sol.num_rejected, sol.success
 
     if not shared_steps:
 
@@ -241,7 +253,7 @@ def _stderr(L: Array, divergence: str) -> Array:
 def _time_range(
     path: AbstractPath, prediction: str, t_start: float | None, t_end: float | None
 ) -> tuple[float, float]:
-    d0, d1 = default_time_range(path, prediction)
+    d0, d1 = likelihood_time_range(path, prediction)
     t0 = d0 if t_start is None else float(t_start)
     t1 = d1 if t_end is None else float(t_end)
     v.check_time_range(jnp.asarray([t0, t1]), path.t_min, path.t_max, "t_start/t_end")
@@ -264,9 +276,13 @@ def _integrate(
     **options: Any,
 ) -> tuple[Array, LikelihoodResult]:
     """Solve from ``start`` at ``t_from`` to ``t_to``; the noise end's state is the latent."""
+    solver, adaptive = _steps(
+        options.pop("solver"), options["num_steps"], options.pop("rtol"), options.pop("atol"),
+        options.pop("max_steps"),
+    )  # fmt: skip
     end, L, nfe, steps, rejected, ok = _solve_jit(
         model_fn, path, start, keys, cond, t0=t_from, t1=t_to, divergence=divergence,
-        has_cond=cond is not None, **options,
+        has_cond=cond is not None, solver=solver, adaptive=adaptive, **options,
     )  # fmt: skip
     backwards = t_to < t_from
     z = end if backwards else start
@@ -298,7 +314,7 @@ def log_likelihood(
     key: PRNGKeyArray | None = None,
     num_probes: int = 1,
     probe: str = "rademacher",
-    solver: str = "dopri5",
+    solver: str | solvers.AbstractSolver = "dopri5",
     num_steps: int | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
@@ -320,9 +336,11 @@ def log_likelihood(
       x: data ``[B, ...]`` in the model's range (floating point; dequantize discrete data first).
       divergence: ``"exact"`` (``d`` JVPs per evaluation, chunked by ``divergence_chunk``) or
         ``"hutchinson"`` (``num_probes`` probes per example, fixed along the trajectory; needs key).
-      solver: any of ``flowjax.sampling.ODE_SOLVERS``: with ``num_steps`` a uniform grid; with
-        ``num_steps=None`` adaptive steps (``rtol``/``atol``; solvers with an error estimate).
-      t_start, t_end: integration range; defaults from :func:`default_time_range`.
+      solver: a Runge-Kutta solver of :mod:`flowjax.solvers` (object or name: euler, heun,
+        midpoint, ralston, bosh3, tsit5, dopri5, dopri8): with ``num_steps`` a uniform grid; with
+        ``num_steps=None`` adaptive steps (``rtol``/``atol``, the RMS error of each example's state,
+        at most ``max_steps``; solvers with an error estimate).
+      t_start, t_end: integration range; defaults from :func:`likelihood_time_range`.
       prior_log_prob: ``log p_{t_start}`` of the latent ``[B, ...] -> [B]``; default the path's prior.
       shared_steps: solve the batch as one ODE whose adaptive steps are chosen on the RMS error
         over the whole batch (the torchdiffeq / flow_matching convention: fewer steps when a few
@@ -358,7 +376,7 @@ def sample_with_log_prob(
     divergence: str = "exact",
     num_probes: int = 1,
     probe: str = "rademacher",
-    solver: str = "dopri5",
+    solver: str | solvers.AbstractSolver = "dopri5",
     num_steps: int | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,

@@ -1,8 +1,7 @@
-"""``sample``: one entry point for ODE, SDE, predictor-corrector and annealed Langevin sampling."""
+"""``sample``: one entry point for ODE, SDE, predictor-corrector, annealed Langevin and EDM sampling."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,26 +12,17 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from flowjax import _validation as v
+from flowjax import solvers
 from flowjax.paths import PREDICTIONS, AbstractPath
-from flowjax.sampling import _ode, _scan
-from flowjax.sampling._grids import GRID_NAMES, make_grid, validate_grid
-from flowjax.sampling._guidance import guided_model
+from flowjax.sampling import _edm, _terms
 from flowjax.sampling._langevin import corrector
+from flowjax.sampling._methods import AbstractSamplingMethod, get_method
 from flowjax.sampling._model import Field, check_model_output
 from flowjax.sampling._sde import NoiseSchedule, noise_schedule
-from flowjax.sampling._solvers import ERROR_NORMS, get_solver
 
-METHODS = ("ode", "sde", "pc", "langevin")
-BACKENDS = ("auto", "diffrax", "scan")
-
-#: Default start offset from ``t_min`` where a step needs ``alpha > 0`` but ``alpha(t_min) = 0``.
-NOISE_END_MARGIN = 1e-3
-#: Default end ``1 - DATA_END_MARGIN`` for score-based sampling (score SDE's ``eps = 1e-3``).
-DATA_END_MARGIN = 1e-3
-
-#: Backend that ``backend="auto"`` uses for fixed-grid Euler / Euler-Maruyama (the faster one,
-#: measured by ``experiments/benchmarks/bench_sampling.py``; see the package docstring).
-AUTO_FIXED_EULER_BACKEND = "scan"
+#: Default end ``1 - SAMPLING_DATA_END_MARGIN`` of score-based sampling (score SDE's ``eps = 1e-3``),
+#: and the end's offset from ``t_max`` where a score/x1 model needs ``beta > 0`` there.
+SAMPLING_DATA_END_MARGIN = 1e-3
 
 
 class SampleResult(eqx.Module):
@@ -65,96 +55,51 @@ class _Conditioned(eqx.Module):
 
 
 class _Config(NamedTuple):
-    """Static (hashable) configuration: changing it recompiles, changing arrays does not."""
+    """Static configuration: changing it recompiles, changing arrays does not."""
 
     prediction: str
-    method: str
-    solver: str
+    method: AbstractSamplingMethod
+    solver: solvers.AbstractSolver | None  # None for annealed Langevin
     stochastic: bool
     num_steps: int
-    adaptive: bool
-    rtol: float
-    atol: float
-    error_norm: str
-    max_steps: int
-    grid_kind: str  # "uniform" | "edm" | "array"
-    rho: float
+    adaptive: solvers.Adaptive | None
+    grid: solvers.AbstractTimeGrid | None  # None: an explicit array (or adaptive steps)
     t_start: float | None
     t_end: float | None
     denoise_final: bool
-    corrector_steps: int
-    snr: float
-    backend: str  # "diffrax" | "scan"
+    scan: bool  # fixed-grid Euler / Euler-Maruyama on the plain lax.scan loop
     shape: tuple[int, ...]
     dtype: Any
 
 
-def _concrete_float(fn: Callable[[], Any]) -> float | None:
-    """``float(fn())`` if it can be evaluated now, else ``None`` (a traced path)."""
-    try:
-        # evaluated now even inside a caller's jit (a path's fields are constants there too)
-        with jax.ensure_compile_time_eval():
-            val = fn()
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-        return None  # a traced path
-    return float(np.asarray(val)) if v.is_concrete(val) else None
+def _uses_exponential(solver: Any) -> bool:
+    return isinstance(solver, solvers.AbstractExponentialSolver)
 
 
-def default_time_range(
-    path: AbstractPath, *, prediction: str, method: str, sigma: NoiseSchedule
-) -> tuple[float, float]:
-    """Default ``(t_start, t_end)`` (see :func:`sample`)."""
-    needs_alpha = prediction in ("eps", "score") and method != "langevin"
-    needs_alpha = needs_alpha or sigma.kind == "reverse"
-    score_based = method in ("pc", "langevin") or (method == "sde" and not sigma.is_zero)
-    needs_beta = prediction in ("score", "x1")
-    args = (path, needs_alpha, score_based, needs_beta)
-    try:
-        return _ENDS_CACHE[args]
-    except TypeError:  # a path holding arrays is not hashable
-        return _default_ends(*args)
-    except KeyError:
-        ends = _ENDS_CACHE[args] = _default_ends(*args)
-        return ends
-
-
-_ENDS_CACHE: dict[tuple, tuple[float, float]] = {}
-
-
-def _default_ends(
+def sampling_time_range(
     path: AbstractPath,
-    needs_alpha: bool,
-    score_based: bool,
-    needs_beta: bool,
-    data_end_margin: float = DATA_END_MARGIN,
+    *,
+    prediction: str = "velocity",
+    method: str | AbstractSamplingMethod = "ode",
+    solver: str | solvers.AbstractSolver = "euler",
 ) -> tuple[float, float]:
-    t_min, t_max = float(path.t_min), float(path.t_max)
-    start, end = t_min, t_max
-    if needs_alpha:
-        alpha0 = _concrete_float(lambda: path.alpha(jnp.asarray(t_min)))
-        if alpha0 is None or alpha0 == 0.0:
-            start = t_min + NOISE_END_MARGIN
-    if score_based:
-        end = min(t_max, 1.0 - data_end_margin)
-    elif needs_beta:
-        beta1 = _concrete_float(lambda: path.beta(jnp.asarray(t_max)))
-        if beta1 is None or beta1 == 0.0:
-            end = t_max - data_end_margin
-    return start, end
-
-
-def ode_time_range(
-    path: AbstractPath, prediction: str, *, data_end_margin: float = DATA_END_MARGIN
-) -> tuple[float, float]:
-    """Default ``(t_start, t_end)`` of the probability-flow ODE of a ``prediction`` model.
-
-    The path's whole range where the prediction converts to a velocity; otherwise
-    ``t_min + 1e-3`` where eps/score models need ``alpha > 0`` but ``alpha(t_min) = 0``, and
-    ``t_max - data_end_margin`` where score/x1 models need ``beta > 0`` but ``beta(t_max) = 0``.
-    """
+    """Default ``(t_start, t_end)`` of :func:`sample` (see its ``t_start, t_end``)."""
     v.choice(prediction, PREDICTIONS, "prediction")
-    return _default_ends(
-        path, prediction in ("eps", "score"), False, prediction in ("score", "x1"), data_end_margin
+    m = get_method(method)
+    sched = noise_schedule(m.sigma, path)
+    finite = isinstance(solver, solvers.AbstractExponentialSolver) and solver.finite_ends
+    if isinstance(solver, str) and m.kind == "ode":
+        obj = solvers.ODE_SOLVERS.get(solver)
+        finite = isinstance(obj, solvers.AbstractExponentialSolver) and obj.finite_ends
+    needs_alpha = (prediction in ("eps", "score") and m.kind != "langevin") or finite
+    needs_alpha = needs_alpha or sched.kind == "reverse" or m.kind == "edm"
+    score_based = m.kind in ("pc", "langevin") or (m.kind == "sde" and not sched.is_zero)
+    return solvers.solve_ends(
+        path,
+        needs_alpha=needs_alpha,
+        needs_beta=prediction in ("score", "x1") or finite,
+        data_end_margin=SAMPLING_DATA_END_MARGIN,
+        fixed_end_margin=score_based,
     )
 
 
@@ -164,45 +109,69 @@ def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def _check_positive(value: Any, name: str) -> float:
-    try:
-        val = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a positive number; got {value!r}") from None
-    if not (val > 0 and math.isfinite(val)):
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-    return val
+def _resolve_solver(
+    solver: Any, method: AbstractSamplingMethod, stochastic: bool, adaptive: bool
+) -> solvers.AbstractSolver:
+    kind = method.kind
+    obj = solvers.get_solver(solver, stochastic=stochastic, adaptive=adaptive)
+    if kind == "edm" and not isinstance(obj, solvers.Euler | solvers.Heun):
+        raise ValueError(
+            "method='edm' steps with solver 'heun' (Karras et al.'s Algorithm 2) or 'euler'; got "
+            f"{solver!r}"
+        )
+    if _uses_exponential(obj) and kind != "ode":
+        raise ValueError(
+            f"{type(obj).__name__} integrates the probability-flow ODE: use it with method='ode' "
+            f"(got method={kind!r})"
+        )
+    if kind == "pc" and not isinstance(obj, solvers.AbstractDiffraxSolver):
+        raise ValueError(
+            f"the predictor of method='pc' must be a Runge-Kutta solver; got {solver!r}"
+        )
+    return obj
+
+
+def _check_finite_ends(path: AbstractPath, obj: Any, kind: str, t0: Any, t1: Any) -> None:
+    """Solvers that divide by ``alpha`` at the start (or ``beta`` at the end) get a clear error."""
+    needs_start = kind == "edm" or (_uses_exponential(obj) and obj.finite_ends)
+    needs_end = _uses_exponential(obj) and obj.finite_ends
+    what = "method='edm'" if kind == "edm" else type(obj).__name__
+    if needs_start and t0 is not None:
+        a0 = v.concrete_float(lambda: path.alpha(jnp.asarray(t0)))
+        if a0 == 0.0:
+            raise ValueError(
+                f"{what} needs alpha > 0 at the start (finite sigma = beta/alpha); "
+                f"alpha(t_start={t0}) = 0 on {type(path).__name__}: start later, e.g. "
+                f"t_start={t0 + solvers.NOISE_END_MARGIN} (the default)"
+            )
+    if needs_end and t1 is not None:
+        b1 = v.concrete_float(lambda: path.beta(jnp.asarray(t1)))
+        if b1 == 0.0:
+            raise ValueError(
+                f"{what} needs beta > 0 at the end (finite log-SNR); beta(t_end={t1}) = 0 on "
+                f"{type(path).__name__}: end earlier, e.g. t_end={t1 - SAMPLING_DATA_END_MARGIN} "
+                "(the default)"
+            )
 
 
 def sample(
     model_fn: Callable[..., Array],
     path: AbstractPath,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None,
     shape: tuple[int, ...] | None,
     *,
     prediction: str = "velocity",
-    method: str = "ode",
-    solver: str = "euler",
+    method: str | AbstractSamplingMethod = "ode",
+    solver: str | solvers.AbstractSolver = "euler",
     num_steps: int = 100,
-    adaptive: bool = False,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    error_norm: str = "max",
-    max_steps: int = 4096,
-    time_grid: str | ArrayLike = "uniform",
-    rho: float = 7.0,
+    time_grid: str | solvers.AbstractTimeGrid | ArrayLike = "uniform",
+    adaptive: bool | solvers.Adaptive = False,
     t_start: float | None = None,
     t_end: float | None = None,
-    sigma: float | Callable[[Array], Array] | str = 0.0,
-    denoise_final: bool = False,
-    corrector_steps: int = 0,
-    snr: float = 0.16,
     cond: Any = None,
-    guidance_scale: float | None = None,
-    null_cond: Any = None,
-    save_times: ArrayLike | None = None,
-    backend: str = "auto",
     x_start: Float[ArrayLike, "B ..."] | None = None,
+    save_times: ArrayLike | None = None,
+    denoise_final: bool = False,
     sharding: jax.sharding.Sharding | None = None,
 ) -> SampleResult:
     """Draw samples by integrating from noise (``t_start``) to data (``t_end``); one XLA program.
@@ -210,59 +179,50 @@ def sample(
     Args:
       model_fn: ``model_fn(x, t)`` (or ``model_fn(x, t, cond)`` with ``cond``), ``x`` ``[B, ...]``,
         ``t`` ``[B]``, returning a prediction of kind ``prediction`` shaped like ``x``. Pass a pytree
-        that carries its arrays (an ``equinox.Module``, ``jax.tree_util.Partial(apply, params)``,
-        a ``flax.nnx`` module's merged state wrapped likewise): its arrays are traced, so new
-        parameter values reuse the compiled program. A plain Python closure is a static argument:
-        a new closure object recompiles.
+        that carries its arrays (an ``equinox.Module``, ``jax.tree_util.Partial(apply, params)``):
+        its arrays are traced, so new parameter values reuse the compiled program. A plain Python
+        closure is a static argument: a new closure object recompiles. Classifier-free guidance
+        is a wrapped model: :func:`flowjax.sampling.guided_model` (or
+        :func:`flowjax.guidance.classifier_free` for class labels).
       path: the Gaussian path the model was trained on.
       key: PRNG key; the same key gives the same samples (may be ``None`` for an ODE from a given
         ``x_start``).
       shape: ``(B, ...)`` of the samples (may be ``None`` if ``x_start`` is given).
       prediction: ``velocity``, ``score``, ``eps``, ``x1`` or ``v``.
-      method: ``"ode"`` (``sigma = 0``); ``"sde"`` (the SDE extension with noise ``sigma``);
-        ``"pc"`` (predictor-corrector: at each grid time ``corrector_steps`` Langevin steps, then
-        one predictor step, an ODE step if ``sigma == 0`` else an SDE step); ``"langevin"``
-        (annealed Langevin: ``corrector_steps`` Langevin steps at each grid time after the start,
-        no predictor; score SDE's corrector-only sampler, NCSN's sampler on VE).
-      solver: ODE: euler, heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8. SDE: euler
-        (Euler-Maruyama), heun, shark, sra1 (the last two for additive noise, with error estimates).
-      num_steps: grid intervals for fixed steps (for adaptive steps, the initial step is
+      method: a method object or its shortcut name: :class:`ODE` (``"ode"``), :class:`SDE`
+        (``"sde"``: ``sigma="reverse"``), :class:`PredictorCorrector` (``"pc"``),
+        :class:`AnnealedLangevin` (``"langevin"``), :class:`EDMStochastic` (``"edm"``).
+      solver: a :mod:`flowjax.solvers` object or its shortcut name. ODE: euler, heun, midpoint,
+        ralston, bosh3, tsit5, dopri5, dopri8, and the exponential integrators dpmpp_2m, dpmpp_3m,
+        dpmpp_2s, unipc, unipc_3 (fixed grids). SDE (and ``pc`` with ``sigma != 0``): euler
+        (Euler-Maruyama), heun, shark, sra1. ``edm``: heun (Algorithm 2) or euler. ``Euler(backend=
+        "scan" | "diffrax" | "auto")`` chooses the fixed-grid loop.
+      num_steps: grid intervals for fixed steps (for adaptive steps, the first step tried is
         ``(t_end - t_start) / num_steps``).
-      adaptive: adaptive steps (``PIDController(rtol, atol)``, ``ode`` and ``sde`` only), with the
-        largest per-example RMS error as the norm; the step size is shared by the batch. SDEs
-        draw their noise from a ``VirtualBrownianTree``.
-      error_norm: the adaptive step's error norm: ``"max"`` (default) the largest per-example
-        RMS, so every example meets ``rtol``/``atol``; ``"rms"`` the RMS over the whole batch (the
-        torchdiffeq / flow_matching convention): fewer steps for a large batch, the worst examples
-        less accurate than the tolerance.
-      max_steps: step budget for adaptive solves (exceeding it raises at run time).
-      time_grid: ``"uniform"`` in ``t``; ``"edm"``: rho-spaced in ``sigma = beta / alpha`` (see
-        :func:`flowjax.sampling.time_grid`); or an explicit 1-D array of times (overrides
-        ``num_steps``, ``t_start``, ``t_end``).
-      t_start, t_end: the time range. Defaults: ``path.t_min``, or ``t_min + 1e-3`` where a step
-        needs ``alpha > 0`` but ``alpha(t_min) = 0`` (eps/score models, and ``sigma="reverse"``,
-        on CondOT and VP-cosine). End: ``path.t_max`` for ODEs (``t_max - 1e-3`` for score/x1
-        models where ``beta(t_max) = 0``); ``min(t_max, 1 - 1e-3)`` for score-based methods (``sde``
-        with ``sigma != 0``, ``pc``, ``langevin``), score SDE's margin from the data end where
-        ``beta -> 0`` makes a learned score blow up. ODEs may run backwards (``t_start > t_end``).
-      sigma: SDE noise ``sigma_t``: a constant >= 0, a callable of a scalar ``t``, or ``"reverse"``
-        (``sigma_t^2 = 2 a_t``, the reverse-time SDE of the forward noising process).
-      denoise_final: return ``E[x1 | x]`` at ``t_end`` (one more model call).
-      corrector_steps: Langevin steps per grid time for ``pc`` and ``langevin`` (>= 1 there).
-      snr: the corrector's target signal-to-noise ratio (step-size rule of score SDE).
-      cond, guidance_scale, null_cond: conditioning. With ``guidance_scale = w``, classifier-free
-        guidance ``uncond + w (cond - uncond)`` from one call of ``model_fn`` on ``[x, x]`` with
-        ``[cond, null_cond]`` (``null_cond``: one example's condition, broadcast, or a batch).
-      save_times: times at which to also return the state (``res.ts``, ``res.trajectory``),
-        inside the time range and ordered in the direction of integration.
-      backend: ``"diffrax"``, ``"scan"`` (a plain ``lax.scan`` loop: fixed-grid Euler and
-        Euler-Maruyama only) or ``"auto"`` (the faster of the two for fixed-grid Euler, diffrax
-        otherwise). The two agree on one grid (the same noise for the same key).
+      time_grid: ``"uniform"`` in ``t``, ``"edm"`` (rho-spaced in ``sigma = beta / alpha``),
+        ``"logsnr"`` (uniform in ``log(alpha / beta)``), a grid object (``EDMGrid(rho=5.0)``), or an
+        explicit 1-D array of times (overrides ``num_steps``, ``t_start``, ``t_end``).
+      adaptive: ``False`` (the fixed grid), ``True`` (:class:`flowjax.solvers.Adaptive` defaults) or
+        an ``Adaptive(rtol, atol, error_norm, max_steps)`` (``ode`` and ``sde``; a solver with an
+        error estimate). One step size for the batch; SDEs draw their noise from a
+        ``VirtualBrownianTree``.
+      t_start, t_end: the time range; defaults: :func:`sampling_time_range`. Start:
+        ``path.t_min``, or ``t_min + 1e-3`` where a step needs ``alpha > 0`` but ``alpha(t_min) = 0``
+        (eps/score models, ``sigma="reverse"``, ``edm``, ``dpmpp_2s``). End: ``path.t_max`` for ODEs
+        (``t_max - 1e-3`` for score/x1 models and ``dpmpp_2s`` where ``beta(t_max) = 0``);
+        ``min(t_max, 1 - 1e-3)`` for score-based methods (``sde`` with ``sigma != 0``, ``pc``,
+        ``langevin``), score SDE's margin where ``beta -> 0`` makes a learned score blow up. ODEs
+        with Runge-Kutta solvers may run backwards (``t_start > t_end``).
+      cond: conditioning passed as ``model_fn(x, t, cond)``: a pytree of ``[B, ...]`` arrays.
       x_start: the starting state instead of a draw from the prior ``N(0, beta(t_start)^2 I)``
         (e.g. data, to integrate an ODE backwards to noise).
+      save_times: times at which to also return the state (``res.ts``, ``res.trajectory``),
+        inside the time range and ordered in the direction of integration.
+      denoise_final: return ``E[x1 | x]`` at ``t_end`` (one more model call).
       sharding: optional sharding of the batch, e.g. ``NamedSharding(mesh, P("data"))`` on a mesh
-        with ``AxisType.Auto`` axes (GSPMD data parallelism). The prior draw and the noise use
-        JAX's partitionable PRNG, so the samples equal the unsharded ones up to rounding.
+        with ``AxisType.Auto`` axes (GSPMD data parallelism); ``cond`` is laid out likewise. The
+        prior draw and the noise use JAX's partitionable PRNG, so the samples equal the unsharded
+        ones up to rounding.
 
     Returns:
       A :class:`SampleResult`.
@@ -271,35 +231,16 @@ def sample(
     if not isinstance(path, AbstractPath):
         raise TypeError(f"path must be a flowjax path (AbstractPath); got {type(path).__name__}")
     v.choice(prediction, PREDICTIONS, "prediction")
-    v.choice(method, METHODS, "method")
-    v.choice(backend, BACKENDS, "backend")
-    v.choice(error_norm, ERROR_NORMS, "error_norm")
-    sched = noise_schedule(sigma, path)
-    if method in ("ode", "langevin") and not sched.is_zero:
-        raise ValueError(
-            f"sigma={sigma!r} has no effect with method={method!r}; use method='sde' (or 'pc') "
-            "for a stochastic sampler"
-        )
-    if adaptive and method not in ("ode", "sde"):
-        raise ValueError(f"adaptive=True is for method 'ode' or 'sde'; got method={method!r}")
-    stochastic = method == "sde" or (method == "pc" and not sched.is_zero)
-    get_solver(solver, stochastic=stochastic, adaptive=bool(adaptive))  # validates the name
-    corrector_steps = _check_positive_int(corrector_steps, "corrector_steps", 0)
-    if method in ("pc", "langevin") and corrector_steps == 0:
-        raise ValueError(f"method={method!r} needs corrector_steps >= 1 (Langevin steps per time)")
-    if method in ("ode", "sde") and corrector_steps:
-        raise ValueError(
-            f"corrector_steps={corrector_steps} needs method='pc' (or 'langevin'); "
-            f"method={method!r} has no corrector"
-        )
-    snr = _check_positive(snr, "snr")
+    meth = get_method(method)
+    kind = meth.kind
+    sched = noise_schedule(meth.sigma, path)
+    adapt = solvers.as_adaptive(adaptive)
+    if adapt is not None and not meth.adaptive_ok:
+        raise ValueError(f"adaptive steps are for method 'ode' or 'sde'; got method={kind!r}")
+    stochastic = kind == "sde" or (kind == "pc" and not sched.is_zero)
+    solver_obj = _resolve_solver(solver, meth, stochastic, adapt is not None)
     num_steps = _check_positive_int(num_steps, "num_steps")
-    max_steps = _check_positive_int(max_steps, "max_steps")
-    if adaptive:
-        rtol, atol = _check_positive(rtol, "rtol"), _check_positive(atol, "atol")
-    rho = _check_positive(rho, "rho")
-
-    if key is None and (x_start is None or method != "ode"):
+    if key is None and (x_start is None or kind != "ode"):
         raise ValueError("key is required unless method='ode' starts from a given x_start")
 
     # ---------------------------------------------------------------- state
@@ -323,11 +264,12 @@ def sample(
         dtype = jnp.result_type(float)
 
     # ---------------------------------------------------------------- time range and grid
-    grid_arr = None
-    if isinstance(time_grid, str):
-        v.choice(time_grid, GRID_NAMES, "time_grid")
-        grid_kind = time_grid
-        d_start, d_end = default_time_range(path, prediction=prediction, method=method, sigma=sched)
+    grid_arr, grid_obj = None, None
+    if isinstance(time_grid, str | solvers.AbstractTimeGrid):
+        grid_obj = solvers.get_grid(time_grid)
+        d_start, d_end = sampling_time_range(
+            path, prediction=prediction, method=meth, solver=solver_obj
+        )
         t0 = d_start if t_start is None else float(t_start)
         t1 = d_end if t_end is None else float(t_end)
         v.check_time_range(
@@ -338,20 +280,24 @@ def sample(
     else:
         if t_start is not None or t_end is not None:
             raise ValueError("pass either an explicit time_grid array or t_start/t_end, not both")
-        grid_arr = validate_grid(time_grid, path, dtype)
-        grid_kind = "array"
+        grid_arr = solvers.validate_grid(time_grid, path, dtype)
         num_steps = int(grid_arr.shape[0]) - 1
         t0 = float(grid_arr[0]) if v.is_concrete(grid_arr) else None
         t1 = float(grid_arr[-1]) if v.is_concrete(grid_arr) else None
-    if adaptive and grid_kind != "uniform":
-        raise ValueError(
-            "time_grid only applies to fixed steps; adaptive=True chooses its own steps"
-        )
+    if adapt is not None and not isinstance(grid_obj, solvers.UniformGrid):
+        raise ValueError("time_grid only applies to fixed steps; adaptive steps choose their own")
     forward = t0 is None or t1 is None or t0 < t1
-    if method != "ode" and not forward:
+    if not forward and (kind != "ode" or _uses_exponential(solver_obj)):
+        what = f"method={kind!r}" if kind != "ode" else type(solver_obj).__name__
         raise ValueError(
-            f"method={method!r} runs forward in time (noise to data); got t_start={t0} > t_end={t1}"
+            f"{what} runs forward in time (noise to data); got t_start={t0} > t_end={t1}"
         )
+    if _uses_exponential(solver_obj) and num_steps < solver_obj.min_steps:
+        raise ValueError(
+            f"{solver_obj!r} is a multistep solver of order {solver_obj.min_steps}: it needs "
+            f"num_steps >= {solver_obj.min_steps} grid intervals; got {num_steps}"
+        )
+    _check_finite_ends(path, solver_obj, kind, t0, t1)
 
     save_arr = None
     if save_times is not None:
@@ -366,56 +312,32 @@ def sample(
             if np.any(d < 0):
                 raise ValueError("save_times must be ordered in the direction of integration")
 
-    # ---------------------------------------------------------------- backend
-    fixed_euler = not adaptive and solver == "euler"
-    if backend == "scan":
-        if method in ("ode", "sde", "pc") and not fixed_euler:
-            raise ValueError(
-                "backend='scan' runs fixed-grid Euler / Euler-Maruyama only; got "
-                f"solver={solver!r}, adaptive={adaptive}"
-            )
-        resolved = "scan"
-    elif backend == "diffrax":
-        resolved = "diffrax"
-    else:
-        resolved = AUTO_FIXED_EULER_BACKEND if fixed_euler else "diffrax"
+    # ---------------------------------------------------------------- Euler's loop
+    # (Euler has no error estimate: adaptive steps never reach here with it)
+    scan = isinstance(solver_obj, solvers.Euler) and solver_obj.backend != "diffrax"
 
     # ---------------------------------------------------------------- conditioning
-    if guidance_scale is not None:
-        if cond is None or null_cond is None:
-            raise ValueError("guidance_scale needs both cond and null_cond")
+    model = model_fn
+    if cond is not None:
         _check_cond(cond, shape[0])
-        model = guided_model(model_fn, cond, null_cond, guidance_scale)
-    else:
-        if null_cond is not None:
-            raise ValueError("null_cond is only used with guidance_scale")
-        if cond is not None:
-            _check_cond(cond, shape[0])
-            model = _Conditioned(model_fn, cond)
-        else:
-            model = model_fn
+        if sharding is not None:
+            cond = jax.tree_util.tree_map(lambda c: jax.device_put(jnp.asarray(c), sharding), cond)
+        model = _Conditioned(model_fn, cond)
     if not callable(model):
         raise TypeError(f"model_fn must be callable; got {type(model_fn).__name__}")
 
     cfg = _Config(
         prediction=prediction,
-        method=method,
-        solver=solver,
+        method=meth,
+        solver=solver_obj,
         stochastic=stochastic,
         num_steps=num_steps,
-        adaptive=bool(adaptive),
-        rtol=float(rtol),
-        atol=float(atol),
-        error_norm=error_norm,
-        max_steps=max_steps,
-        grid_kind=grid_kind,
-        rho=rho,
+        adaptive=adapt,
+        grid=grid_obj if grid_arr is None else None,
         t_start=t0,
         t_end=t1,
         denoise_final=bool(denoise_final),
-        corrector_steps=corrector_steps,
-        snr=snr,
-        backend=resolved,
+        scan=scan,
         shape=tuple(shape),
         dtype=np.dtype(dtype),
     )
@@ -436,7 +358,7 @@ def _check_cond(cond: Any, batch: int) -> None:
 def _sample_jit(
     model: Callable[[Array, Array], Array],
     path: AbstractPath,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None,
     x_start: Array | None,
     grid_arr: Array | None,
     save_arr: Array | None,
@@ -459,16 +381,8 @@ def _sample_jit(
 
     if grid_arr is not None:
         grid = grid_arr
-    elif not cfg.adaptive:
-        grid = make_grid(
-            path,
-            cfg.num_steps,
-            t_start=cfg.t_start,
-            t_end=cfg.t_end,
-            kind=cfg.grid_kind,
-            rho=cfg.rho,
-            dtype=dtype,
-        )
+    elif cfg.adaptive is None:
+        grid = cfg.grid(path, cfg.num_steps, cfg.t_start, cfg.t_end, dtype)
     else:
         grid = None
     if grid is not None:
@@ -476,68 +390,73 @@ def _sample_jit(
     else:
         t0, t1 = jnp.asarray(cfg.t_start, dtype), jnp.asarray(cfg.t_end, dtype)
     n = cfg.num_steps
+    steps = jnp.asarray(n, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
+    kind = cfg.method.kind
+    solver = cfg.solver
 
-    if cfg.method in ("ode", "sde"):
-        spec = get_solver(cfg.solver, stochastic=cfg.stochastic, adaptive=cfg.adaptive)
-        if cfg.backend == "scan":
-            step = (
-                _scan.euler_maruyama_step(field, sched, k_noise)
-                if cfg.stochastic
-                else _scan.euler_step(field)
-            )
-            x, traj = _scan.run_grid(step, x0, grid, save_arr)
-            nfe, acc, rej = jnp.asarray(n, jnp.int32), jnp.asarray(n, jnp.int32), zero
-        else:
-            terms = _ode.make_terms(
-                field,
-                sched if cfg.stochastic else None,
-                x0,
-                key=k_noise,
-                grid=grid,
-                t0=t0,
-                t1=t1,
-                levy_area=spec.levy_area,
-            )
-            out = _ode.solve(
-                terms,
-                spec,
-                x0,
-                t0=t0,
-                t1=t1,
-                grid=grid,
-                adaptive=cfg.adaptive,
-                rtol=cfg.rtol,
-                atol=cfg.atol,
-                max_steps=cfg.max_steps if cfg.adaptive else n,
-                dt0=(t1 - t0) / n,
-                save_times=save_arr,
-                error_norm=cfg.error_norm,
-            )
-            x, traj = out.x, out.trajectory
-            nfe = jnp.asarray(spec.nfe(out.num_steps), jnp.int32)
-            acc = jnp.asarray(out.num_accepted, jnp.int32)
-            rej = jnp.asarray(out.num_rejected, jnp.int32)
-    else:
-        k = cfg.corrector_steps
-        if cfg.method == "pc":
-            spec = get_solver(cfg.solver, stochastic=cfg.stochastic, adaptive=False)
-            predictor = _predictor(field, sched, spec, cfg, x0, k_noise, grid)
+    if kind in ("ode", "sde") and isinstance(solver, solvers.AbstractExponentialSolver):
+        x, traj = solver.integrate(lambda y, t: field.to("x1", y, t), path, x0, grid, save_arr)
+        nfe, acc, rej = jnp.asarray(solver.nfe(n), jnp.int32), steps, zero
+    elif kind in ("ode", "sde") and cfg.scan:
+        step = (
+            _terms.euler_maruyama_step(field, sched, k_noise)
+            if cfg.stochastic
+            else _terms.euler_step(field)
+        )
+        x, traj, _ = solvers.scan_grid(step, x0, grid, save_arr)
+        nfe, acc, rej = steps, steps, zero
+    elif kind in ("ode", "sde"):
+        terms = _terms.make_terms(
+            field,
+            sched if cfg.stochastic else None,
+            x0,
+            key=k_noise,
+            grid=grid,
+            t0=t0,
+            t1=t1,
+            levy_area=solver.levy_area,
+        )
+        out = solvers.integrate(
+            terms,
+            solver,
+            x0,
+            t0=t0,
+            t1=t1,
+            grid=grid,
+            adaptive=cfg.adaptive,
+            dt0=(t1 - t0) / n,
+            save_times=save_arr,
+        )
+        x, traj = out.y, out.trajectory
+        nfe, acc, rej = out.nfe, out.num_accepted, out.num_rejected
+    elif kind == "edm":
+        step, nfe = _edm.edm_step(
+            field, path, cfg.method, grid, k_noise, heun=isinstance(solver, solvers.Heun)
+        )
+        x, traj, _ = solvers.scan_grid(step, x0, grid, save_arr)
+        nfe, acc, rej = nfe.astype(jnp.int32), steps, zero
+    elif kind == "pc":
+        k = cfg.method.corrector_steps
+        snr = cfg.method.snr
+        predictor = _predictor(field, sched, solver, cfg, x0, k_noise, grid)
 
-            def step(x, i, ta, tb):
-                x = corrector(field, x, ta, jax.random.fold_in(k_corr, i), cfg.snr, k)
-                return predictor(x, i, ta, tb)
+        def pc_step(x, carry, i, ta, tb):
+            x = corrector(field, x, ta, jax.random.fold_in(k_corr, i), snr, k)
+            return predictor(x, carry, i, ta, tb)
 
-            per_step = k + spec.nfe(1)
-        else:  # annealed Langevin
+        x, traj, _ = solvers.scan_grid(pc_step, x0, grid, save_arr)
+        nfe, acc, rej = jnp.asarray(n * (k + solver.nfe(1)), jnp.int32), steps, zero
+    else:  # annealed Langevin
+        k = cfg.method.steps
+        snr = cfg.method.snr
 
-            def step(x, i, ta, tb):
-                del ta
-                return corrector(field, x, tb, jax.random.fold_in(k_corr, i), cfg.snr, k)
+        def langevin_step(x, carry, i, ta, tb):
+            del ta
+            return corrector(field, x, tb, jax.random.fold_in(k_corr, i), snr, k), carry
 
-            per_step = k
-        x, traj = _scan.run_grid(step, x0, grid, save_arr)
-        nfe, acc, rej = jnp.asarray(n * per_step, jnp.int32), jnp.asarray(n, jnp.int32), zero
+        x, traj, _ = solvers.scan_grid(langevin_step, x0, grid, save_arr)
+        nfe, acc, rej = jnp.asarray(n * k, jnp.int32), steps, zero
 
     if cfg.denoise_final:
         x = field.to("x1", x, t1)
@@ -555,18 +474,18 @@ def _sample_jit(
 def _predictor(
     field: Field,
     sched: NoiseSchedule,
-    spec: Any,
+    solver: solvers.AbstractDiffraxSolver,
     cfg: _Config,
     x0: Array,
     key: PRNGKeyArray,
     grid: Array,
-) -> _scan.Step:
+) -> solvers.GridStep:
     """The predictor step of predictor-corrector sampling on the fixed grid."""
-    if cfg.backend == "scan" or (cfg.solver == "euler" and cfg.backend != "diffrax"):
+    if cfg.scan:
         if cfg.stochastic:
-            return _scan.euler_maruyama_step(field, sched, key)
-        return _scan.euler_step(field)
-    terms = _ode.make_terms(
+            return _terms.euler_maruyama_step(field, sched, key)
+        return _terms.euler_step(field)
+    terms = _terms.make_terms(
         field,
         sched if cfg.stochastic else None,
         x0,
@@ -574,11 +493,11 @@ def _predictor(
         grid=grid,
         t0=grid[0],
         t1=grid[-1],
-        levy_area=spec.levy_area,
+        levy_area=solver.levy_area,
     )
 
-    def step(x, i, ta, tb):
+    def step(x, carry, i, ta, tb):
         del i
-        return _ode.single_step(terms, spec, x, ta, tb)
+        return solvers.single_step(terms, solver, x, ta, tb), carry
 
     return step

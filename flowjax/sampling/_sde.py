@@ -63,8 +63,11 @@ class NoiseSchedule(eqx.Module):
         return out.astype(t.dtype)
 
 
-def noise_schedule(sigma: Any, path: AbstractPath) -> NoiseSchedule:
-    """Validate ``sigma`` (float >= 0, callable, or ``"reverse"``) into a :class:`NoiseSchedule`."""
+def noise_schedule(sigma: Any, path: AbstractPath | None = None) -> NoiseSchedule:
+    """Validate ``sigma`` (float >= 0, callable, or ``"reverse"``) into a :class:`NoiseSchedule`.
+
+    ``path`` is needed to evaluate ``"reverse"`` (``None``: validation only).
+    """
     if isinstance(sigma, str):
         v.choice(sigma, SIGMA_NAMES, "sigma")
         return NoiseSchedule("reverse", path=path)
