@@ -63,7 +63,7 @@ def _scaling_child(pid: int, nproc: int, port: str, steps: int, batch: int) -> d
     import numpy as np
 
     import flowjax as fj
-    from flowjax import distributed as D
+    from flowjax import parallel
 
     class MLP(nn.Module):
         @nn.compact
@@ -120,7 +120,7 @@ def _scaling_child(pid: int, nproc: int, port: str, steps: int, batch: int) -> d
         t0 = time.perf_counter()
         jax.block_until_ready(reduce(vec))
         ar.append(time.perf_counter() - t0)
-    final = [np.asarray(x) for x in jax.tree.leaves(D.gather(state.params))]
+    final = [np.asarray(x) for x in jax.tree.leaves(parallel.gather(state.params))]
     return {
         "processes": nproc,
         "devices": n_dev,

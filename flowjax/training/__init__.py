@@ -1,7 +1,8 @@
-"""Training: train state, optimizers, the jitted sharded train step, checkpoints, metrics, loop.
+"""Training: train state, optimizers, the sharded train step, checkpoints, metrics, loop.
 
-* :func:`make_mesh`, :func:`batch_sharding`, :func:`shard_batch`, :func:`initialize_distributed`:
-  devices and data placement (data parallel over a ``data`` axis; room for ``fsdp``).
+Devices, meshes and data placement live in :mod:`flowjax.parallel`; the names that training code
+uses most (:func:`make_mesh`, :func:`shard_batch`, :func:`fsdp_sharding`, ...) are re-exported here.
+
 * :class:`TrainState`, :func:`create_train_state`, :func:`abstract_state`: the state pytree.
 * :func:`make_optimizer`, :func:`make_schedule`, :func:`learning_rate`: optax, on a schedule.
 * :func:`make_train_step` -> :class:`TrainStep`: one jitted step with explicit shardings, EMA.
@@ -15,9 +16,22 @@ Scale (large models and batches, many processes):
 * :func:`remat_loss` (or ``make_train_step(remat=...)``): activation rematerialisation.
 * ``make_train_step(grad_accum_steps=k)`` (:func:`accumulate_value_and_grad`): micro-batches.
 * :func:`fsdp_sharding`: parameters and optimizer state split over an ``fsdp`` mesh axis.
-* :func:`initialize_distributed`, :class:`DistributedFailureError`: multi-process runs.
+* :class:`DistributedFailureError`: a collective failed in a multi-process run.
 """
 
+from flowjax.parallel import (  # re-exported: their home is flowjax.parallel
+    DATA_AXIS,
+    FSDP_AXIS,
+    batch_sharding,
+    fsdp_sharding,
+    fsdp_spec,
+    global_batch_size,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    shard_batch,
+    sharded_fraction,
+)
 from flowjax.training._accumulate import accumulate_value_and_grad, split_microbatches
 from flowjax.training._checkpoint import (
     Checkpointer,
@@ -25,22 +39,11 @@ from flowjax.training._checkpoint import (
     Restored,
     state_layout,
 )
-from flowjax.training._fsdp import fsdp_sharding, fsdp_spec, sharded_fraction
 from flowjax.training._loop import (
     DistributedFailureError,
     NonFiniteLossError,
     TrainResult,
     train_loop,
-)
-from flowjax.training._mesh import (
-    DATA_AXIS,
-    FSDP_AXIS,
-    batch_sharding,
-    global_batch_size,
-    initialize_distributed,
-    make_mesh,
-    replicated,
-    shard_batch,
 )
 from flowjax.training._metrics import MetricWriter, read_jsonl, read_tensorboard_scalars
 from flowjax.training._optim import (

@@ -11,8 +11,8 @@ import optax
 from jax.sharding import Mesh
 from jaxtyping import Array, PyTree
 
+from flowjax.parallel import batch_sharding, default_batch_axes, replicated, shard_batch
 from flowjax.training._accumulate import accumulate_value_and_grad
-from flowjax.training._mesh import batch_sharding, default_batch_axes, replicated, shard_batch
 from flowjax.training._optim import learning_rate
 from flowjax.training._remat import remat_loss
 from flowjax.training._state import TrainState, _broadcast_prefix
