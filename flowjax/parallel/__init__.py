@@ -14,9 +14,19 @@ One home for everything that knows about devices; :mod:`flowjax.training` builds
 * :func:`gather`, :func:`to_host`, :func:`host_arrays`, :func:`local_rows`: global arrays to numpy.
 * :func:`sample_sharded`, :func:`log_likelihood_sharded`: :func:`flowjax.sample` and
   :func:`flowjax.likelihood.log_likelihood` over every device of every process.
+* :func:`example_keys`: randomness that is a function of the global example index, whatever the
+  number of devices; :func:`gather_from_specs`, :func:`to_varying`, :func:`reduce_to_specs`:
+  explicit collectives for code inside ``jax.shard_map`` (the ``shard_map`` train step).
 """
 
 from flowjax.parallel._batch import batch_layout, global_batch_size, shard_batch
+from flowjax.parallel._collectives import (
+    example_keys,
+    gather_from_specs,
+    reduce_to_specs,
+    spec_axes,
+    to_varying,
+)
 from flowjax.parallel._fsdp import fsdp_sharding, fsdp_spec, sharded_fraction
 from flowjax.parallel._host import gather, host_arrays, local_rows, to_host
 from flowjax.parallel._mesh import (
@@ -36,9 +46,11 @@ __all__ = [
     "batch_layout",
     "batch_sharding",
     "default_batch_axes",
+    "example_keys",
     "fsdp_sharding",
     "fsdp_spec",
     "gather",
+    "gather_from_specs",
     "global_batch_size",
     "host_arrays",
     "initialize_distributed",
@@ -46,9 +58,12 @@ __all__ = [
     "local_rows",
     "log_likelihood_sharded",
     "make_mesh",
+    "reduce_to_specs",
     "replicated",
     "sample_sharded",
     "shard_batch",
     "sharded_fraction",
+    "spec_axes",
     "to_host",
+    "to_varying",
 ]

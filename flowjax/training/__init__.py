@@ -5,7 +5,9 @@ uses most (:func:`make_mesh`, :func:`shard_batch`, :func:`fsdp_sharding`, ...) a
 
 * :class:`TrainState`, :func:`create_train_state`, :func:`abstract_state`: the state pytree.
 * :func:`make_optimizer`, :func:`make_schedule`, :func:`learning_rate`: optax, on a schedule.
-* :func:`make_train_step` -> :class:`TrainStep`: one jitted step with explicit shardings, EMA.
+* :func:`make_train_step` -> :class:`TrainStep`: one jitted step with explicit shardings, EMA;
+  ``parallelism="jit"`` (the compiler partitions it) or ``"shard_map"`` (per-device gradients
+  averaged with explicit collectives).
 * :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore.
 * :class:`MetricWriter`, :func:`read_jsonl`: stdout, JSONL and TensorBoard metrics.
 * :func:`train_loop`: resume, train, log, checkpoint, stop on NaN, save on SIGTERM.
@@ -67,12 +69,20 @@ from flowjax.training._state import (
     create_train_state,
     state_fingerprint,
 )
-from flowjax.training._step import TrainStep, ema_decay_at, make_train_step
+from flowjax.training._step import (
+    EXAMPLE_KEY,
+    PARALLELISMS,
+    TrainStep,
+    ema_decay_at,
+    make_train_step,
+)
 
 __all__ = [
     "DATA_AXIS",
+    "EXAMPLE_KEY",
     "FSDP_AXIS",
     "OPTIMIZERS",
+    "PARALLELISMS",
     "PRECISIONS",
     "REMAT_POLICIES",
     "SCHEDULES",
