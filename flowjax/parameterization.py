@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from flowjax import _validation as v
@@ -35,6 +36,10 @@ __all__ = [
 
 Time = Float[ArrayLike, "*T"]
 _EPS_LIKE = ("eps", "score")
+_VALIDITY = (
+    "eps/score as the source and a target other than those two need alpha > 0; score as source "
+    "or target, and x1 as the source, need beta > 0."
+)
 
 
 def conversion_coefficients(
@@ -90,10 +95,37 @@ def convert(
       t: scalar or ``[B]``, inside ``[path.t_min, path.t_max]``.
     """
     value, x, tb = _checked_inputs(value, x, t, path)
-    A, B = conversion_coefficients(source, target, path, tb)
     if source == target:
         return value
+    A, B = conversion_coefficients(source, target, path, tb)
+    _check_coefficients(A, B, source, target, path, tb)
     return A * value + B * x
+
+
+def _check_coefficients(
+    A: Array, B: Array, source: str, target: str, path: AbstractPath, t: Array
+) -> None:
+    """Raise where the conversion is undefined (``alpha = 0`` or ``beta = 0``) at a concrete ``t``.
+
+    Inside ``jit`` the times are traced and the check is the checked-mode one (see
+    :func:`flowjax.checking`); samplers and likelihoods keep a margin from those ends.
+    """
+    ok = jnp.isfinite(A) & jnp.isfinite(B)
+    if v.is_concrete(ok):
+        bad = ~np.asarray(ok)
+        if bad.any():
+            t_bad = float(np.asarray(jnp.broadcast_to(t, bad.shape))[bad].flat[0])
+            alpha = float(path.alpha(jnp.asarray(t_bad)))
+            beta = float(path.beta(jnp.asarray(t_bad)))
+            raise ValueError(
+                f"convert {source!r} -> {target!r} is undefined at t = {t_bad} on "
+                f"{type(path).__name__} (alpha = {alpha:.3g}, beta = {beta:.3g}): {_VALIDITY} "
+                "Move t away from that end (samplers and likelihoods default to a margin)."
+            )
+    else:
+        v.check_value(
+            jnp.all(ok), f"convert {source!r} -> {target!r} is undefined at this t: {_VALIDITY}"
+        )
 
 
 def to_x1_eps(

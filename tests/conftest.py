@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,11 +23,25 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
+# Fuzz tests (hypothesis): few examples in the default run, more under --runslow; no deadline
+# (the first example of a shape compiles), derandomized so that CI runs are repeatable.
+_HYPOTHESIS = {"deadline": None, "derandomize": True, "print_blob": True}
+_HYPOTHESIS["suppress_health_check"] = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("flowjax-fast", max_examples=8, **_HYPOTHESIS)
+settings.register_profile("flowjax-slow", max_examples=60, **_HYPOTHESIS)
+
+
+def pytest_configure(config):
+    settings.load_profile("flowjax-slow" if config.getoption("--runslow") else "flowjax-fast")
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
 def pytest_collection_modifyitems(config, items):
+    # tests needing pytorch-fid last: CI installs it in the background while the others run
+    items.sort(key=lambda item: "needs_fid" in item.keywords)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: pass --runslow to run")

@@ -622,14 +622,20 @@ def test_fsdp_and_accumulation_on_four_devices_match_replicated_training(tmp_pat
                 with T.Checkpointer({str(tmp_path / "fsdp")!r}) as ck:
                     ck.save(res.state)
             runs[name] = (gather_state(res.state), [h["loss"] for h in res.history])
-        ref = runs["replicated"]
-        for name in ("fsdp", "accum"):
-            if name == "accum":  # same data, other noise draws per micro-batch: same shape only
-                assert [a.shape for a in runs[name][0]] == [a.shape for a in ref[0]]
-                continue
+        # accumulation draws other noise per micro-batch than the large batch, so its reference
+        # is the same accumulation on one device (micro-batch j keyed fold_in(step key, j))
+        one_state, one_step = toy_setup(
+            parallel.make_mesh(devices=jax.devices()[:1]), grad_accum_steps=2
+        )
+        one = T.train_loop(one_state, one_step, ToyIterator(16), num_steps=4, log_every=1)
+        runs["accum_one_device"] = (gather_state(one.state), [h["loss"] for h in one.history])
+        for name, ref_name in (("fsdp", "replicated"), ("accum", "accum_one_device")):
+            ref = runs[ref_name]
             for a, b in zip(runs[name][0], ref[0], strict=True):
                 np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7, err_msg=name)
             np.testing.assert_allclose(runs[name][1], ref[1], rtol=2e-5)
+        # and it is not the large-batch run: the comparison above can tell draws apart
+        assert not np.allclose(runs["accum"][1], runs["replicated"][1], rtol=1e-4)
         # the fsdp checkpoint restores replicated, and back into fsdp
         rep_state, _ = toy_setup(rep_mesh)
         with T.Checkpointer({str(tmp_path / "fsdp")!r}) as ck:
@@ -653,24 +659,55 @@ def test_fsdp_and_accumulation_on_four_devices_match_replicated_training(tmp_pat
 # checkpoints across process counts (single-process simulation of the data files)
 
 
-def test_data_state_restores_under_another_process_count(tmp_path):
+def _rewrite_json(path, edit):
+    """Apply ``edit`` to a checkpoint JSON file and re-seal it with its own CRC (``crc32`` key)."""
+    from flowjax.training._checksum import json_crc32
+
+    content = json.loads(path.read_text())
+    body = edit({k: v for k, v in content.items() if k != "crc32"})
+    path.write_text(json.dumps({**body, "crc32": json_crc32(body)}))
+
+
+def _set_data_state(step_dir, index, state):
+    """Process ``index``'s data file and its checksum entry, as that process would write them."""
+    from flowjax.training._checksum import json_crc32
+
+    (step_dir / "data" / f"process_{index}.json").write_text(json.dumps({"state": state}))
+    sums = step_dir / "checksums" / f"process_{index}.json"
+    if not sums.exists():
+        sums.write_text((step_dir / "checksums" / "process_0.json").read_text())
+    _rewrite_json(sums, lambda b: {**b, "data": json_crc32(state)})
+
+
+def test_data_state_restores_under_another_process_count(tmp_path, monkeypatch):
     from tests.test_training import build
 
     state, _ = build()
     pos = {"version": 1, "epoch": 0, "batch_in_epoch": 3}
     with T.Checkpointer(tmp_path / "ck", async_save=False) as ck:
         ck.save(state, data_state=pos)
-    data = tmp_path / "ck" / "0" / "data"
-    # as if written by processes 1 and 2 only (process 0, restoring now, has no file)
-    (data / "process_0.json").rename(data / "process_1.json")
-    (data / "process_2.json").write_text((data / "process_1.json").read_text())
-    with T.Checkpointer(tmp_path / "ck") as ck, warnings.catch_warnings():
-        warnings.simplefilter("error")
+    step_dir = tmp_path / "ck" / "0"
+    # as if written by 3 processes, each recording the same (replicated) array checksums and its
+    # own data state; read back by process 3 of a larger run, which has no file of its own
+    _rewrite_json(step_dir / "meta" / "metadata", lambda b: {**b, "process_count": 3})
+    for index in (1, 2):
+        _set_data_state(step_dir, index, pos)
+    with T.Checkpointer(tmp_path / "ck") as ck:
+        sums = ck._read_checksums(0, ck._read_meta(0))
+        monkeypatch.setattr(jax, "process_index", lambda: 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert ck._restore_data(0, sums) == pos
+        monkeypatch.undo()
+        # processes that disagree: no state, with a warning saying why
+        _set_data_state(step_dir, 2, {**pos, "batch_in_epoch": 4})
+        sums = ck._read_checksums(0, ck._read_meta(0))
+        monkeypatch.setattr(jax, "process_index", lambda: 3)
+        with pytest.warns(UserWarning, match="states differ"):
+            assert ck._restore_data(0, sums) is None
+        monkeypatch.undo()
+        # the whole restore (process 0) verifies all three processes' files
         assert ck.restore(T.abstract_state(state)).data_state == pos
-    # processes that disagree: no state, with a warning saying why
-    (data / "process_2.json").write_text(json.dumps({"state": {**pos, "batch_in_epoch": 4}}))
-    with T.Checkpointer(tmp_path / "ck") as ck, pytest.warns(UserWarning, match="states differ"):
-        assert ck.restore(T.abstract_state(state)).data_state is None
 
 
 # ---------------------------------------------------------------------------------------------

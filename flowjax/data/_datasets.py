@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Any
 
@@ -180,9 +181,7 @@ def get_dataset(
                 num_threads=num_threads,
             )
         except DatasetNotFoundError as e:
-            raise DatasetNotFoundError(
-                f"{e}\nBuilt-in data sets that need no preparation: {', '.join(BUILTIN_DATASETS)}."
-            ) from e
+            raise _dataset_not_found(name, e) from e
         shape, num_classes, num_levels = meta["shape"], meta["num_classes"], meta["num_levels"]
         nbytes = len(source) * math.prod(shape)
         if in_memory if in_memory is not None else nbytes <= IN_MEMORY_MAX_BYTES:
@@ -210,4 +209,28 @@ def get_dataset(
         num_classes=num_classes,
         num_levels=num_levels,
         value_range=value_range,
+    )
+
+
+_PREPARED = (
+    "A tensorflow-datasets set is 'prepared' when its ArrayRecord files (the random-access format "
+    "flowjax reads without TensorFlow) exist under data_dir: `python -m flowjax.data.prepare` "
+    "downloads the set once and writes them there."
+)
+
+
+def _dataset_not_found(name: str, err: DatasetNotFoundError) -> DatasetNotFoundError:
+    """The error for a name that is neither built in nor a prepared tfds set (says which)."""
+    import tensorflow_datasets as tfds
+
+    builtin = f"Built-in data sets (no preparation needed): {', '.join(BUILTIN_DATASETS)}."
+    if not isinstance(err.__cause__, tfds.core.registered.DatasetNotFoundError):
+        return DatasetNotFoundError(f"{err}\n{_PREPARED}\n{builtin}")
+    known = [*BUILTIN_DATASETS, *tfds.list_builders(with_community_datasets=False)]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return DatasetNotFoundError(
+        f"unknown data set name {name!r}: it is neither built in nor a tensorflow-datasets "
+        f"name.{hint}\n{builtin}\nAny tensorflow-datasets image set with fixed-size uint8 "
+        f"images also works once prepared (e.g. 'mnist', 'fashion_mnist', 'cifar10'). {_PREPARED}"
     )

@@ -8,7 +8,8 @@ uses most (:func:`make_mesh`, :func:`shard_batch`, :func:`fsdp_sharding`, ...) a
 * :func:`make_train_step` -> :class:`TrainStep`: one jitted step with explicit shardings, EMA;
   ``parallelism="jit"`` (the compiler partitions it) or ``"shard_map"`` (per-device gradients
   averaged with explicit collectives).
-* :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore.
+* :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore
+  against CRC-32 checksums of every shard (:func:`state_checksums`, :func:`state_fingerprint`).
 * :class:`MetricWriter`, :func:`read_jsonl`: stdout, JSONL and TensorBoard metrics.
 * :func:`train_loop`: resume, train, log, checkpoint, stop on NaN, save on SIGTERM.
 
@@ -41,6 +42,7 @@ from flowjax.training._checkpoint import (
     Restored,
     state_layout,
 )
+from flowjax.training._checksum import state_checksums, state_fingerprint
 from flowjax.training._loop import (
     DistributedFailureError,
     NonFiniteLossError,
@@ -65,9 +67,8 @@ from flowjax.training._remat import REMAT_POLICIES, remat_loss
 from flowjax.training._state import (
     TrainState,
     abstract_state,
-    audit_state,
+    all_finite,
     create_train_state,
-    state_fingerprint,
 )
 from flowjax.training._step import (
     EXAMPLE_KEY,
@@ -97,7 +98,7 @@ __all__ = [
     "TrainStep",
     "abstract_state",
     "accumulate_value_and_grad",
-    "audit_state",
+    "all_finite",
     "batch_sharding",
     "check_param_dtype",
     "compute_dtype",
@@ -119,6 +120,7 @@ __all__ = [
     "shard_batch",
     "sharded_fraction",
     "split_microbatches",
+    "state_checksums",
     "state_fingerprint",
     "state_layout",
     "train_loop",

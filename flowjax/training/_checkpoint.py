@@ -1,6 +1,6 @@
 """Orbax checkpoints of the train state, the data iterators' positions and metadata.
 
-A checkpoint (one directory per step) holds three items:
+A checkpoint (one directory per step) holds four items:
 
 * ``state``: the train state (``StandardSave``: sharded arrays, written by all processes together);
 * ``data``: each process's data-iterator state as JSON (``process_<i>.json``: in multi-process runs
@@ -8,13 +8,18 @@ A checkpoint (one directory per step) holds three items:
   checkpoint restores under another process count: a process whose file is missing takes the
   saved state when all saved processes agree on it (``flowjax.data`` iterators store the global
   position, identical on every process);
-* ``meta``: JSON with the step, the state's layout (path, shape and dtype of every array) and a
-  checksum of every array (:func:`state_fingerprint`), plus the caller's metadata.
+* ``checksums``: each process's CRC-32 of every shard it holds of every array, and of its data
+  state (``process_<i>.json``, see :mod:`flowjax.training._checksum`), with a CRC of the file's
+  own content;
+* ``meta``: JSON with the step, the state's layout (path, shape and dtype of every array), the
+  caller's metadata and a CRC of its own content.
 
-Restoring tries the newest step first. A checkpoint that cannot be read, or whose arrays do not
-match their checksums, is moved aside (into ``corrupt/``) with a warning and the previous one is
-tried: a damaged checkpoint is never loaded. A checkpoint whose layout differs from the state
-being restored into is a user error (another model or optimizer) and raises.
+Restoring tries the newest step first. A checkpoint that cannot be read, or whose arrays, data
+states or metadata do not match their checksums, is moved aside (into ``corrupt/``, never
+deleted) with a warning and the previous one is tried: a damaged checkpoint is never loaded. A
+checkpoint whose layout differs from the state being restored into is a user error (another
+model or optimizer) and raises. Checkpoints written before checksums existed (their metadata has
+a ``fingerprint`` list) are loaded with a warning that their arrays are unverified.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from etils import epath
 from jaxtyping import PyTree
 from orbax.checkpoint import options as ocp_options
 
-from flowjax.training._state import audit_state, state_fingerprint
+from flowjax.training._checksum import (
+    json_crc32,
+    merge_checksums,
+    mismatched_leaves,
+    state_checksums,
+)
+from flowjax.training._state import all_finite
+
+FORMAT = 2  # 2: CRC-32 checksums (1: a weak position-weighted sum, no longer written)
 
 
 class CheckpointLayoutError(ValueError):
@@ -89,6 +102,10 @@ class Checkpointer:
                 filename=f"process_{jax.process_index()}.json",
                 multiprocessing_options=ocp_options.MultiprocessingOptions(primary_host=None),
             ),
+            "checksums": ocp.JsonCheckpointHandler(
+                filename=f"process_{jax.process_index()}.json",
+                multiprocessing_options=ocp_options.MultiprocessingOptions(primary_host=None),
+            ),
             "meta": ocp.JsonCheckpointHandler(),
         }
         self._manager = ocp.CheckpointManager(
@@ -126,18 +143,18 @@ class Checkpointer:
             step = int(jax.device_get(state.step))
         if step in self._manager.all_steps():
             return False
-        fingerprint, finite = audit_state(state)
-        if not finite:
+        if not all_finite(state):
             raise FloatingPointError(
                 f"refusing to save a checkpoint at step {step}: the state holds NaN or infinite "
                 "values"
             )
+        sums = {"arrays": state_checksums(state), "data": json_crc32(data_state)}
         meta = {
+            "format": FORMAT,
             "step": step,
             "time": time.time(),
             "process_count": jax.process_count(),
             "layout": state_layout(state),
-            "fingerprint": fingerprint,
             "user": metadata or {},
         }
         self._manager.save(
@@ -145,7 +162,8 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=ocp.args.JsonSave({"state": data_state}),
-                meta=ocp.args.JsonSave(meta),
+                checksums=ocp.args.JsonSave({**sums, "crc32": json_crc32(sums)}),
+                meta=ocp.args.JsonSave({**meta, "crc32": json_crc32(meta)}),
             ),
             force=True,
         )
@@ -182,11 +200,8 @@ class Checkpointer:
         want = state_layout(abstract_state)
         for s in steps:
             try:
-                meta = self._manager.restore(
-                    s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                ).meta
-                if meta.get("step") != s or "fingerprint" not in meta or "layout" not in meta:
-                    raise ValueError("metadata is incomplete")
+                meta = self._read_meta(s)
+                sums = self._read_checksums(s, meta) if "crc32" in meta else None
             except Exception as err:
                 self._skip(s, err)
                 continue
@@ -196,45 +211,97 @@ class Checkpointer:
                 state = self._manager.restore(
                     s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
                 ).state
-                got = state_fingerprint(state)
-                if got != meta["fingerprint"]:
-                    bad = [
-                        want[i][0]
-                        for i, (a, b) in enumerate(zip(got, meta["fingerprint"], strict=False))
-                        if a != b
-                    ]
-                    raise ValueError(f"arrays differ from their saved checksums: {bad[:8]}")
+                if sums is not None:
+                    bad = mismatched_leaves(state, sums["arrays"])
+                    if bad:
+                        names = [want[i][0] for i in bad]
+                        raise ValueError(f"arrays differ from their saved checksums: {names[:8]}")
+                data_state = self._restore_data(s, sums)
             except Exception as err:
                 self._skip(s, err)
                 continue
-            data_state = self._restore_data(s)
+            if sums is None:
+                warnings.warn(
+                    f"checkpoint step {s} in {self.directory} was written without checksums (an "
+                    "older flowjax); its arrays are loaded unverified",
+                    stacklevel=2,
+                )
             return Restored(state=state, step=s, data_state=data_state, metadata=meta["user"])
         return None
 
-    def _restore_data(self, step: int) -> dict | None:
-        """This process's data-iterator state, read directly from its JSON file (not collective).
+    def _read_meta(self, step: int) -> dict:
+        """The step's metadata, checked against its own CRC (raises if damaged or incomplete)."""
+        meta = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        ).meta
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
+        if "crc32" in meta:
+            body = {k: v for k, v in meta.items() if k != "crc32"}
+            if json_crc32(body) != meta["crc32"]:
+                raise ValueError("metadata differs from its checksum")
+            if body.get("format") != FORMAT:
+                raise ValueError(f"unknown checkpoint format {body.get('format')!r}")
+        elif "fingerprint" not in meta:  # neither this format nor the one before checksums
+            raise ValueError("metadata is incomplete")
+        if meta.get("step") != step or "layout" not in meta or "user" not in meta:
+            raise ValueError("metadata is incomplete")
+        return meta
 
-        orbax's restore ends with a barrier over all processes; a process whose file is missing
-        (the checkpoint was written by another number of processes) would fail before reaching
-        it and leave the others waiting, so the files are read here instead.
+    def _read_checksums(self, step: int, meta: dict) -> dict:
+        """Every saving process's checksums and data state, each checked against its CRC.
+
+        Read directly (not collective); every process reads every file, so all processes reach
+        the same verdict. Returns ``{"arrays": merged shard checksums, "data": {process index:
+        data-iterator state}}``.
         """
-        folder = self.directory / str(step) / "data"
-        own = folder / f"process_{jax.process_index()}.json"
-        if own.exists():
-            return json.loads(own.read_text())["state"]
+        root = self.directory / str(step)
+        arrays, data = [], {}
+        for index in range(meta["process_count"]):
+            f = root / "checksums" / f"process_{index}.json"
+            if not f.exists():
+                raise ValueError(
+                    f"the checksums of process {index} are missing (the checkpoint was written "
+                    f"by {meta['process_count']} process(es))"
+                )
+            content = json.loads(f.read_text())
+            body = {k: v for k, v in content.items() if k != "crc32"}
+            if "crc32" not in content or json_crc32(body) != content["crc32"]:
+                raise ValueError(f"checksums/{f.name} differs from its own checksum")
+            arrays.append(body["arrays"])
+            state = json.loads((root / "data" / f"process_{index}.json").read_text())["state"]
+            if json_crc32(state) != body["data"]:
+                raise ValueError(f"data/process_{index}.json differs from its checksum")
+            data[index] = state
+        return {"arrays": merge_checksums(arrays), "data": data}
+
+    def _restore_data(self, step: int, sums: dict | None) -> dict | None:
+        """This process's data-iterator state (verified in ``sums``; else read from its file).
+
+        The files are read directly, not through orbax: orbax's restore ends with a barrier over
+        all processes, and a process whose file is missing (the checkpoint was written by another
+        number of processes) would fail before reaching it and leave the others waiting.
+        """
+        if sums is not None:
+            states = sums["data"]
+        else:  # written before checksums existed
+            folder = self.directory / str(step) / "data"
+            states = {}
+            for f in sorted(folder.glob("process_*.json")) if folder.exists() else []:
+                try:
+                    states[int(f.stem[len("process_") :])] = json.loads(f.read_text())["state"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+        if jax.process_index() in states:
+            return states[jax.process_index()]
         # Written by another number of processes: flowjax.data iterators save the same global
         # position on every process, so any process's file serves when all agree.
-        states = []
-        for f in sorted(folder.glob("process_*.json")) if folder.exists() else []:
-            try:
-                states.append(json.loads(f.read_text())["state"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        if states and all(s == states[0] for s in states):
-            return states[0]
+        values = list(states.values())
+        if values and all(v == values[0] for v in values):
+            return values[0]
         why = (
             "the saved processes' iterator states differ"
-            if states
+            if values
             else "it holds no data-iterator state"
         )
         warnings.warn(

@@ -103,50 +103,23 @@ def _broadcast_prefix(prefix: Any, tree: PyTree) -> PyTree:
     )
 
 
-def _leaf_fingerprint(x: jax.Array) -> jax.Array:
-    """A position-weighted sum of the leaf's bits modulo 2**32 (exact, order-independent)."""
-    x = jnp.asarray(x)
-    if x.dtype == jnp.bool_:
-        bits = x.astype(jnp.uint32)
-    elif x.dtype.itemsize == 8:
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)  # adds a trailing axis of 2
-    elif x.dtype.itemsize == 4:
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    elif x.dtype.itemsize == 2:
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    else:
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
-    bits = bits.reshape(-1)
-    idx = jax.lax.iota(jnp.uint32, bits.shape[0])
-    weights = idx * jnp.uint32(2654435761) + jnp.uint32(1)
-    return jnp.sum(bits * weights, dtype=jnp.uint32) ^ jnp.uint32(bits.shape[0] & 0xFFFFFFFF)
-
-
-def _audit_leaves(leaves: list) -> tuple[list, jax.Array]:
-    fps = [_leaf_fingerprint(x) for x in leaves]
+def _all_finite(leaves: list) -> jax.Array:
     finite = jnp.array(True)
     for x in leaves:
         if jnp.issubdtype(x.dtype, jnp.inexact):
             finite = finite & jnp.all(jnp.isfinite(x))
-    return fps, finite
+    return finite
 
 
-_audit_jit = jax.jit(_audit_leaves)
+_all_finite_jit = jax.jit(_all_finite)
 
 
-def audit_state(state: PyTree) -> tuple[list[int], bool]:
-    """(:func:`state_fingerprint`, whether every floating array is finite) in one pass."""
-    leaves = jax.tree.leaves(state)
-    if not leaves:
-        return [], True
-    fps, finite = jax.device_get(_audit_jit(leaves))
-    return [int(v) for v in fps], bool(finite)
+def all_finite(state: PyTree) -> bool:
+    """Whether every floating array of ``state`` is free of NaN and infinity (one device pass).
 
-
-def state_fingerprint(state: PyTree) -> list[int]:
-    """One 32-bit checksum per array of ``state``, the same on any device layout.
-
-    Checkpoints store it and restore verifies it, so a checkpoint whose bytes changed on disk is
-    detected rather than loaded.
+    Global over all processes: every process gets the same answer.
     """
-    return audit_state(state)[0]
+    leaves = [x for x in jax.tree.leaves(state) if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    if not leaves:
+        return True
+    return bool(jax.device_get(_all_finite_jit(leaves)))
