@@ -45,7 +45,7 @@ import numpy as np
 from experiments import evaluation as E
 from experiments import figures as F
 from experiments.configs import default as default_config
-from flowjax import convert
+from flowjax import convert, parallel
 from flowjax import data as D
 from flowjax import likelihood as LL
 from flowjax import losses as L
@@ -504,9 +504,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
-    mesh = T.make_mesh()
+    mesh = parallel.make_mesh()
     n_dev = jax.device_count()
     _choice(cfg.training.remat, ("none", "blocks", "dots", "blocks_dots"), "training.remat")
+    _choice(cfg.training.parallelism, T.PARALLELISMS, "training.parallelism")
     accum = cfg.training.grad_accum_steps
     if accum < 1 or cfg.training.batch_size % (n_dev * accum):
         raise ConfigError(
@@ -673,6 +674,7 @@ def _train(exp: Experiment) -> T.TrainResult:
         ema_warmup=tc.ema_warmup,
         grad_accum_steps=tc.grad_accum_steps,
         remat=None if tc.remat == "none" else tc.remat,
+        parallelism=tc.parallelism,
     )
     it = D.make_iterator(exp.train_ds, global_batch_size=tc.batch_size, seed=cfg.seed)
     ckpt = T.Checkpointer(exp.file(CHECKPOINT_DIR), max_to_keep=tc.max_to_keep)
@@ -746,7 +748,7 @@ def _restore(exp: Experiment) -> _Restored:
         return T.create_train_state(params, exp.optimizer, key, ema=ema)
 
     abstract = jax.eval_shape(make, jax.random.PRNGKey(0))
-    target = T.abstract_state(abstract, sharding=T.replicated(exp.mesh))
+    target = T.abstract_state(abstract, sharding=parallel.replicated(exp.mesh))
     with T.Checkpointer(ckpt_dir, max_to_keep=cfg.training.max_to_keep) as ckpt:
         restored = ckpt.restore(target)
     if restored is None:
@@ -782,14 +784,14 @@ class SampleSet:
 
 
 def _eval_mesh() -> Any:
-    return T.make_mesh(devices=jax.local_devices())
+    return parallel.make_mesh(devices=jax.local_devices())
 
 
 def _batch_sharding(batch: int) -> Any:
     n = jax.local_device_count()
     if n == 1 or batch % n:
         return None
-    return T.batch_sharding(_eval_mesh())
+    return parallel.batch_sharding(_eval_mesh())
 
 
 def _labels(exp: Experiment, start: int, n: int) -> np.ndarray | None:

@@ -14,9 +14,10 @@ conversions. Submodules:
 * :mod:`flowjax.models` — Flax MLP and U-Net (the only Flax modules), behind a pytree boundary.
 * :mod:`flowjax.sampling` — one ``sample()``: flow / probability-flow ODE, SDE of any sigma_t,
   Langevin and predictor-corrector, classifier-free guidance, NFE reported.
-* :mod:`flowjax.training` — train state, optimizer, sharded train step, EMA, checkpoints, metrics,
-  mixed precision, gradient accumulation, remat, fsdp, multi-process initialisation.
-* :mod:`flowjax.distributed` — sampling and likelihoods over all devices of all processes.
+* :mod:`flowjax.parallel` — meshes, batch and parameter (fsdp) sharding, multi-process
+  initialisation, sampling and likelihoods over all devices of all processes.
+* :mod:`flowjax.training` — train state, optimizer, sharded train step (``jit`` or ``shard_map``),
+  EMA, checkpoints, metrics, mixed precision, gradient accumulation, remat.
 * :mod:`flowjax.guidance` — classifier guidance, oracle conditional models and classifiers.
 * :mod:`flowjax.inverse` — posterior sampling for ``y = A x + n``: exact (oracle), DPS, PiGDM.
 * :mod:`flowjax.reflow` — rectified flow: ODE couplings, retraining, straightness.
@@ -25,13 +26,13 @@ conversions. Submodules:
 from flowjax import (
     data,
     distances,
-    distributed,
     guidance,
     inverse,
     likelihood,
     losses,
     models,
     oracle,
+    parallel,
     parameterization,
     paths,
     reflow,
@@ -73,7 +74,6 @@ __all__ = [
     "convert",
     "data",
     "distances",
-    "distributed",
     "get_path",
     "guidance",
     "inverse",
@@ -81,6 +81,7 @@ __all__ = [
     "losses",
     "models",
     "oracle",
+    "parallel",
     "parameterization",
     "paths",
     "reflow",

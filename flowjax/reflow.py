@@ -39,12 +39,12 @@ from flowjax.losses import (
     sample_time,
     time_interval,
 )
+from flowjax.parallel import make_mesh
 from flowjax.paths import PREDICTIONS, AbstractPath
 from flowjax.sampling import sample, sampling_time_range
 from flowjax.solvers import AbstractSolver
 from flowjax.training import (
     create_train_state,
-    make_mesh,
     make_optimizer,
     make_train_step,
     train_loop,

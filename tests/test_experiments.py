@@ -480,7 +480,7 @@ def test_make_loss_and_the_train_step_fit_together():
     params = fj.models.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 2)))
     loss = fj.losses.make_loss(fj.models.make_apply_fn(model), fj.CondOT())
     opt = T.make_optimizer("adam", 1e-3)
-    step = T.make_train_step(loss, opt, mesh=T.make_mesh())
+    step = T.make_train_step(loss, opt, mesh=fj.parallel.make_mesh())
     state = step.place_state(T.create_train_state(params, opt, jax.random.PRNGKey(1)))
     state, metrics = step(state, {"x": np.zeros((4, 2), np.float32)})
     assert {"loss", "grad_norm", "mse", "mse_score"} <= set(metrics)

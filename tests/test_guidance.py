@@ -204,7 +204,7 @@ def test_learned_classifier_approaches_bayes_and_guides(exact_rate):
     loss_fn = G.make_classifier_loss(M.make_apply_fn(clf_model), PATH, num_classes=K)
     steps, bs = 400, 512
     opt = T.make_optimizer("adam", 5e-3, schedule="cosine", total_steps=steps)
-    step = T.make_train_step(loss_fn, opt, mesh=T.make_mesh(), ema_decay=None)
+    step = T.make_train_step(loss_fn, opt, mesh=fj.parallel.make_mesh(), ema_decay=None)
     state = T.create_train_state(params, opt, jax.random.PRNGKey(1), ema=False)
     x, lab = MIX.sample_with_labels(jax.random.PRNGKey(2), steps * bs)
     x, lab = np.asarray(x, np.float32), np.asarray(lab, np.int32)
@@ -252,7 +252,7 @@ def test_cfg_end_to_end_with_label_dropout(exact_rate):
 
     steps, bs = 4000, 256
     opt = T.make_optimizer("adam", 2e-3, schedule="cosine", total_steps=steps)
-    step = T.make_train_step(loss_fn, opt, mesh=T.make_mesh(), ema_decay=None)
+    step = T.make_train_step(loss_fn, opt, mesh=fj.parallel.make_mesh(), ema_decay=None)
     state = T.create_train_state(params, opt, jax.random.PRNGKey(1), ema=False)
     x, lab = MIX.sample_with_labels(jax.random.PRNGKey(2), steps * bs)
     x, lab = np.asarray(x, np.float32), np.asarray(lab, np.int32)
@@ -366,7 +366,7 @@ def test_cfg_on_digits_trained_with_label_dropout():
     loss_fn = L.make_loss(M.make_apply_fn(net), PATH, num_classes=10, label_dropout=0.2)
     steps, bs = 150, 128
     opt = T.make_optimizer("adam", 2e-3, schedule="cosine", total_steps=steps)
-    step = T.make_train_step(loss_fn, opt, mesh=T.make_mesh(), ema_decay=None)
+    step = T.make_train_step(loss_fn, opt, mesh=fj.parallel.make_mesh(), ema_decay=None)
     state = T.create_train_state(params, opt, jax.random.PRNGKey(1), ema=False)
     order = np.random.default_rng(0).integers(0, len(x), (steps, bs))
     for i in range(steps):

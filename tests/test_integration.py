@@ -15,7 +15,7 @@ def test_loss_model_train_step_sampler_likelihood_compose():
     params = models.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 2)))
     loss_fn = losses.make_loss(models.make_apply_fn(model), path)
     opt = T.make_optimizer("adam", 1e-2)
-    step = T.make_train_step(loss_fn, opt, mesh=T.make_mesh(), ema_decay=0.9)
+    step = T.make_train_step(loss_fn, opt, mesh=fj.parallel.make_mesh(), ema_decay=0.9)
     state = step.place_state(T.create_train_state(params, opt, jax.random.PRNGKey(1)))
     first = None
     for i in range(60):

@@ -114,7 +114,7 @@ def _train_velocity_mlp(key, data_sampler, steps, hidden=(128, 128, 128)):
         return loss, {"mse": aux["mse"]}
 
     opt = T.make_optimizer("adam", 3e-3, schedule="cosine", total_steps=steps, end_lr=1e-4)
-    step = T.make_train_step(loss_fn, opt, mesh=T.make_mesh(), ema_decay=None)
+    step = T.make_train_step(loss_fn, opt, mesh=fj.parallel.make_mesh(), ema_decay=None)
     state = T.create_train_state(params, opt, jax.random.fold_in(key, 1), ema=False)
     xs = np.asarray(data_sampler(jax.random.fold_in(key, 2), steps * 256))
     for i in range(steps):

@@ -28,6 +28,7 @@ import pytest
 import flowjax as fj
 from flowjax import losses as L
 from flowjax import models as M
+from flowjax import parallel
 from flowjax import training as T
 from tests.conftest import ROOT, run_python
 
@@ -118,15 +119,15 @@ HEADER = f"""
 import os, sys, json
 pid, nproc, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 ARGS = sys.argv[4:]
+from flowjax import parallel
 from flowjax import training as T
 if nproc > 1:
-    T.initialize_distributed(
+    parallel.initialize_distributed(
         f"localhost:{{port}}", nproc, pid, initialization_timeout=120,
         heartbeat_timeout_seconds={HEARTBEAT},
     )
 import jax, numpy as np
 import flowjax as fj
-from flowjax import distributed as D
 from tests.test_scaleout import (
     ProcessPart, fsdp_setup, gather_state, local_ll_reference, toy_setup,
 )
@@ -181,14 +182,14 @@ def toy_setup(mesh, *, total_steps=12, state_sharding=None, grad_accum_steps=1, 
 
 def fsdp_setup(mesh, **kw):
     """:func:`toy_setup` with the state split over the mesh's ``fsdp`` axis (small min_size)."""
-    return toy_setup(mesh, state_sharding=lambda s: T.fsdp_sharding(s, mesh, min_size=64), **kw)
+    return toy_setup(
+        mesh, state_sharding=lambda s: parallel.fsdp_sharding(s, mesh, min_size=64), **kw
+    )
 
 
 def gather_state(state):
     """The state's leaves as numpy arrays with their global values."""
-    from flowjax import distributed as D
-
-    return [np.asarray(x) for x in jax.tree.leaves(D.gather(state))]
+    return [np.asarray(x) for x in jax.tree.leaves(parallel.gather(state))]
 
 
 def local_ll_reference(model, path, x, chunk=None):
@@ -199,7 +200,7 @@ def local_ll_reference(model, path, x, chunk=None):
     """
     from flowjax.likelihood import log_likelihood
 
-    sharding = T.batch_sharding(T.make_mesh(devices=jax.local_devices()))
+    sharding = parallel.batch_sharding(parallel.make_mesh(devices=jax.local_devices()))
     x = np.asarray(x)
     chunk = chunk or x.shape[0]
     lp, steps = [], []
@@ -228,7 +229,7 @@ def test_importing_flowjax_does_not_start_jax():
         """
         import jax
         from jax._src import xla_bridge
-        import flowjax, flowjax.training, flowjax.distributed, flowjax.sampling
+        import flowjax, flowjax.training, flowjax.parallel, flowjax.sampling
         import flowjax.likelihood, flowjax.models, flowjax.losses, flowjax.data
         print("backends started:", xla_bridge.backends_are_initialized())
         """
@@ -241,23 +242,23 @@ def test_initialize_distributed_arguments_and_environment(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
     monkeypatch.setenv("JAX_PROCESS_ID", "3")
-    T.initialize_distributed("host:1234", cpu_collectives=None, heartbeat_timeout_seconds=7)
+    parallel.initialize_distributed("host:1234", cpu_collectives=None, heartbeat_timeout_seconds=7)
     assert calls[-1]["coordinator_address"] == "host:1234"
     assert calls[-1]["num_processes"] == 4 and calls[-1]["process_id"] == 3
     assert calls[-1]["heartbeat_timeout_seconds"] == 7
     assert "shutdown_timeout_seconds" not in calls[-1]  # JAX's default unless given
     # arguments win over the environment
-    T.initialize_distributed("h:1", 2, 0, cpu_collectives=None)
+    parallel.initialize_distributed("h:1", 2, 0, cpu_collectives=None)
     assert calls[-1]["num_processes"] == 2 and calls[-1]["process_id"] == 0
     # nothing given: JAX's cluster auto-detection gets None
     monkeypatch.delenv("JAX_NUM_PROCESSES")
     monkeypatch.delenv("JAX_PROCESS_ID")
-    T.initialize_distributed(cpu_collectives=None)
+    parallel.initialize_distributed(cpu_collectives=None)
     assert calls[-1]["num_processes"] is None and calls[-1]["process_id"] is None
     assert calls[-1]["coordinator_address"] is None
     monkeypatch.setenv("JAX_PROCESS_ID", "one")
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='one' must be an integer"):
-        T.initialize_distributed(cpu_collectives=None)
+        parallel.initialize_distributed(cpu_collectives=None)
 
 
 def test_distributed_failure_error_message():
@@ -302,7 +303,7 @@ def test_gradient_accumulation_equals_the_large_batch_step():
     from tests.test_training import full_optimizer, init_params
 
     opt = full_optimizer(12)
-    mesh = T.make_mesh()
+    mesh = parallel.make_mesh()
     runs = {}
     for k in (1, 4):
         step = T.make_train_step(_given_noise_loss, opt, mesh=mesh, grad_accum_steps=k)
@@ -449,7 +450,7 @@ def test_train_step_with_remat_and_accumulation_matches_the_plain_step():
     }
     finals = {}
     for name, (loss_fn, kw) in variants.items():
-        step = T.make_train_step(loss_fn, opt, mesh=T.make_mesh(), ema_decay=None, **kw)
+        step = T.make_train_step(loss_fn, opt, mesh=parallel.make_mesh(), ema_decay=None, **kw)
         state = step.place_state(
             T.create_train_state(params, opt, jax.random.PRNGKey(0), ema=False)
         )
@@ -539,7 +540,7 @@ def test_bfloat16_training_tracks_float32():
             value, aux = base(p, b, k)
             return value, {"mse": aux["mse"]}
 
-        step = T.make_train_step(loss, opt, mesh=T.make_mesh(), ema_decay=None)
+        step = T.make_train_step(loss, opt, mesh=parallel.make_mesh(), ema_decay=None)
         state = step.place_state(
             T.create_train_state(params, opt, jax.random.PRNGKey(1), ema=False)
         )
@@ -569,16 +570,22 @@ def test_bfloat16_training_tracks_float32():
 
 
 def test_fsdp_spec_rule():
-    assert T.fsdp_spec((512, 512), 4, min_size=1000) == jax.sharding.PartitionSpec(None, "fsdp")
-    assert T.fsdp_spec((1024, 512), 4, min_size=1000) == jax.sharding.PartitionSpec("fsdp", None)
-    assert T.fsdp_spec((3, 3, 64, 128), 4, min_size=1000) == jax.sharding.PartitionSpec(
+    assert parallel.fsdp_spec((512, 512), 4, min_size=1000) == jax.sharding.PartitionSpec(
+        None, "fsdp"
+    )
+    assert parallel.fsdp_spec((1024, 512), 4, min_size=1000) == jax.sharding.PartitionSpec(
+        "fsdp", None
+    )
+    assert parallel.fsdp_spec((3, 3, 64, 128), 4, min_size=1000) == jax.sharding.PartitionSpec(
         None, None, None, "fsdp"
     )
-    assert T.fsdp_spec((512,), 4, min_size=1000) == jax.sharding.PartitionSpec()  # small
-    assert T.fsdp_spec((999, 1001), 4, min_size=10) == jax.sharding.PartitionSpec()  # indivisible
-    assert T.fsdp_spec((512, 512), 1, min_size=10) == jax.sharding.PartitionSpec()
+    assert parallel.fsdp_spec((512,), 4, min_size=1000) == jax.sharding.PartitionSpec()  # small
+    assert (
+        parallel.fsdp_spec((999, 1001), 4, min_size=10) == jax.sharding.PartitionSpec()
+    )  # indivisible
+    assert parallel.fsdp_spec((512, 512), 1, min_size=10) == jax.sharding.PartitionSpec()
     with pytest.raises(ValueError, match="has no 'fsdp' axis"):
-        T.fsdp_sharding({"w": jnp.zeros((4, 4))}, T.make_mesh())
+        parallel.fsdp_sharding({"w": jnp.zeros((4, 4))}, parallel.make_mesh())
 
 
 def test_fsdp_and_accumulation_on_four_devices_match_replicated_training(tmp_path):
@@ -586,12 +593,13 @@ def test_fsdp_and_accumulation_on_four_devices_match_replicated_training(tmp_pat
     out = run_python(
         f"""
         import jax, numpy as np
+        from flowjax import parallel
         from flowjax import training as T
         from tests.test_training import ToyIterator
         from tests.test_scaleout import fsdp_setup, toy_setup, gather_state
 
-        rep_mesh = T.make_mesh({{"data": 4}})
-        fsdp_mesh = T.make_mesh({{"data": 2, "fsdp": 2}})
+        rep_mesh = parallel.make_mesh({{"data": 4}})
+        fsdp_mesh = parallel.make_mesh({{"data": 2, "fsdp": 2}})
         runs = {{}}
         for name, (setup, mesh, kw) in {{
             "replicated": (toy_setup, rep_mesh, {{}}),
@@ -600,7 +608,7 @@ def test_fsdp_and_accumulation_on_four_devices_match_replicated_training(tmp_pat
         }}.items():
             state, step = setup(mesh, **kw)
             if name == "fsdp":
-                frac = T.sharded_fraction(state)
+                frac = parallel.sharded_fraction(state)
                 kernel = state.params["Dense_1"]["kernel"]
                 mu = state.opt_state[1].inner_state[0].mu["Dense_1"]["kernel"]
                 assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp"), kernel.sharding
@@ -616,7 +624,9 @@ def test_fsdp_and_accumulation_on_four_devices_match_replicated_training(tmp_pat
             runs[name] = (gather_state(res.state), [h["loss"] for h in res.history])
         # accumulation draws other noise per micro-batch than the large batch, so its reference
         # is the same accumulation on one device (micro-batch j keyed fold_in(step key, j))
-        one_state, one_step = toy_setup(T.make_mesh(devices=jax.devices()[:1]), grad_accum_steps=2)
+        one_state, one_step = toy_setup(
+            parallel.make_mesh(devices=jax.devices()[:1]), grad_accum_steps=2
+        )
         one = T.train_loop(one_state, one_step, ToyIterator(16), num_steps=4, log_every=1)
         runs["accum_one_device"] = (gather_state(one.state), [h["loss"] for h in one.history])
         for name, ref_name in (("fsdp", "replicated"), ("accum", "accum_one_device")):
@@ -714,7 +724,7 @@ directory = ARGS[0]
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
 
 # training: one mesh over both processes' devices, each process feeding its half of the batch
-state, step = toy_setup(T.make_mesh())
+state, step = toy_setup(parallel.make_mesh())
 with T.Checkpointer(directory, max_to_keep=2) as ck:
     res = T.train_loop(
         state, step, ProcessPart(ToyIterator(16), pid, 2), num_steps=4, checkpointer=ck,
@@ -726,7 +736,7 @@ glob = gather_state(res.state)
 assert all(np.array_equal(a, b) for a, b in zip(gather_state(restored.state), glob))
 assert restored.data_state == {"seed": 0, "index": 4}
 # the reference: this process alone (its 2 devices) on the whole global batch
-lstate, lstep = toy_setup(T.make_mesh(devices=jax.local_devices()))
+lstate, lstep = toy_setup(parallel.make_mesh(devices=jax.local_devices()))
 lres = T.train_loop(lstate, lstep, ToyIterator(16), num_steps=4, log_every=1)
 for a, b in zip(glob, gather_state(lres.state), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
@@ -738,20 +748,20 @@ np.testing.assert_allclose(
 path = fj.CondOT()
 oracle = fj.oracle.eight_gaussians().model_fn(path)
 key = jax.random.PRNGKey(7)
-glob_s = D.sample(oracle, path, key, (16, 2), num_steps=16)
+glob_s = parallel.sample_sharded(oracle, path, key, (16, 2), num_steps=16)
 assert glob_s.samples.sharding.spec[0] in ("data", ("data",)), glob_s.samples.sharding
-assert D.local_rows(glob_s.samples).shape == (8, 2)
+assert parallel.local_rows(glob_s.samples).shape == (8, 2)
 ref_s = local_sample(
     oracle, path, key, (16, 2), num_steps=16,
-    sharding=T.batch_sharding(T.make_mesh(devices=jax.local_devices())),
+    sharding=parallel.batch_sharding(parallel.make_mesh(devices=jax.local_devices())),
 )
-np.testing.assert_allclose(D.gather(glob_s.samples), np.asarray(ref_s.samples), rtol=1e-6, atol=1e-6)
-np.testing.assert_array_equal(D.local_rows(glob_s.samples), D.gather(glob_s.samples)[8 * pid : 8 * pid + 8])
+np.testing.assert_allclose(parallel.gather(glob_s.samples), np.asarray(ref_s.samples), rtol=1e-6, atol=1e-6)
+np.testing.assert_array_equal(parallel.local_rows(glob_s.samples), parallel.gather(glob_s.samples)[8 * pid : 8 * pid + 8])
 
 # likelihood: process 0 holds points far from the data (many adaptive steps), process 1 near ones
 from tests.test_scaleout import hard_and_easy_points
 pts = hard_and_easy_points(4)
-ll = D.log_likelihood(oracle, path, pts[4 * pid : 4 * pid + 4])
+ll = parallel.log_likelihood_sharded(oracle, path, pts[4 * pid : 4 * pid + 4])
 ref_lp, ref_steps = local_ll_reference(oracle, path, pts, chunk=4)
 np.testing.assert_allclose(ll.log_prob, ref_lp, rtol=1e-5, atol=1e-5)
 np.testing.assert_array_equal(ll.num_steps, ref_steps)

@@ -53,27 +53,27 @@ def train(setup, mesh, directory, num_steps):
     return res
 
 results = {}
-res = train(toy_setup, T.make_mesh(), directory, num_steps)
+res = train(toy_setup, parallel.make_mesh(), directory, num_steps)
 results["state"] = gather_state(res.state)
 results["losses"] = [h["loss"] for h in res.history]
 if mode == "full":
     # fsdp across the processes' devices: the same trajectory as replicated training
-    fres = train(fsdp_setup, T.make_mesh({"data": 2, "fsdp": 2}), directory + "_fsdp", num_steps)
-    assert 0.5 < T.sharded_fraction(fres.state) < 1
+    fres = train(fsdp_setup, parallel.make_mesh({"data": 2, "fsdp": 2}), directory + "_fsdp", num_steps)
+    assert 0.5 < parallel.sharded_fraction(fres.state) < 1
     results["fsdp_state"] = gather_state(fres.state)
     path = fj.CondOT()
     oracle = fj.oracle.eight_gaussians().model_fn(path)
     key = jax.random.PRNGKey(11)
-    results["euler"] = D.gather(D.sample(oracle, path, key, (32, 2), num_steps=20).samples)
-    results["tsit5"] = D.gather(
-        D.sample(oracle, path, key, (32, 2), solver="tsit5", adaptive=True).samples
+    results["euler"] = parallel.gather(parallel.sample_sharded(oracle, path, key, (32, 2), num_steps=20).samples)
+    results["tsit5"] = parallel.gather(
+        parallel.sample_sharded(oracle, path, key, (32, 2), solver="tsit5", adaptive=True).samples
     )
-    results["sde"] = D.gather(
-        D.sample(oracle, path, key, (32, 2), method=fj.sampling.SDE(sigma=0.5), num_steps=20).samples
+    results["sde"] = parallel.gather(
+        parallel.sample_sharded(oracle, path, key, (32, 2), method=fj.sampling.SDE(sigma=0.5), num_steps=20).samples
     )
     pts = hard_and_easy_points(8)  # process p holds rows [8p, 8p + 8) of 16 (far ones first)
     n = 16 // nproc
-    ll = D.log_likelihood(oracle, path, pts[pid * n : (pid + 1) * n])
+    ll = parallel.log_likelihood_sharded(oracle, path, pts[pid * n : (pid + 1) * n])
     results["log_prob"], results["ll_steps"] = ll.log_prob, ll.num_steps
 if pid == 0:
     named = {k: np.asarray(v) for k, v in results.items() if k not in ("state", "fsdp_state")}

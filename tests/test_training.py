@@ -125,7 +125,7 @@ def build(mesh=None, total_steps=12, ema_decay=0.9, seed=0):
 def _built(mesh, total_steps, ema_decay, seed):
     # cached: one compiled step per configuration for the whole test module
     opt = full_optimizer(total_steps)
-    mesh = mesh if mesh is not None else T.make_mesh()
+    mesh = mesh if mesh is not None else fj.parallel.make_mesh()
     step = T.make_train_step(fm_loss, opt, mesh=mesh, ema_decay=ema_decay, ema_warmup=True)
     state = jax.jit(lambda p, k: T.create_train_state(p, opt, k))(
         init_params(seed), jax.random.PRNGKey(seed + 1)
@@ -180,7 +180,7 @@ def test_sgd_recovers_least_squares_solution():
         return jnp.mean(r**2), {}
 
     opt = T.make_optimizer("sgd", 0.2, momentum=0.5)
-    step = T.make_train_step(loss, opt, mesh=T.make_mesh(), ema_decay=None)
+    step = T.make_train_step(loss, opt, mesh=fj.parallel.make_mesh(), ema_decay=None)
     state = T.create_train_state({"w": jnp.zeros(3)}, opt, jax.random.PRNGKey(0), ema=False)
     for _ in range(100):
         state, metrics = step(state, {"x": X, "y": y})
@@ -244,7 +244,7 @@ def test_ema_decay_schedule():
         T.ema_decay_at(steps, 0.99, True), [1 / 10, 2 / 11, 3 / 12, 4 / 13], rtol=1e-6
     )
     with pytest.raises(ValueError, match="ema_decay"):
-        T.make_train_step(fm_loss, optax.sgd(0.1), mesh=T.make_mesh(), ema_decay=1.0)
+        T.make_train_step(fm_loss, optax.sgd(0.1), mesh=fj.parallel.make_mesh(), ema_decay=1.0)
 
 
 def test_step_is_deterministic_and_donates_the_state():
@@ -285,7 +285,7 @@ def test_bad_batches_and_losses_are_rejected():
     for fn, msg in [(vector_loss, "floating scalar loss"), (bad_aux, r"aux\['per_example'\]")]:
         opt = optax.sgd(0.1)
         st = T.create_train_state({"w": jnp.ones(2)}, opt, jax.random.PRNGKey(0), ema=False)
-        bad = T.make_train_step(fn, opt, mesh=T.make_mesh(), ema_decay=None)
+        bad = T.make_train_step(fn, opt, mesh=fj.parallel.make_mesh(), ema_decay=None)
         with pytest.raises(ValueError, match=msg):
             bad(st, {"x": np.ones((4, 2), np.float32)})
 
@@ -313,7 +313,7 @@ def test_checkpoint_roundtrip_keeps_last_k(tmp_path):
         r = ck.restore(T.abstract_state(state))
     assert r.step == 6 and r.data_state == {"seed": 0, "index": 6} and r.metadata == {"run": "a"}
     assert leaves_equal(r.state, state)
-    assert r.state.params["Dense_0"]["kernel"].sharding == T.replicated(step.mesh)
+    assert r.state.params["Dense_0"]["kernel"].sharding == fj.parallel.replicated(step.mesh)
 
 
 def _damage(step_dir: Path):
@@ -492,7 +492,7 @@ def test_create_train_state_copies_its_inputs():
     def loss(p, batch, k):
         return jnp.mean(batch["x"] @ p["w"]), {}
 
-    step = T.make_train_step(loss, opt, mesh=T.make_mesh(), ema_decay=0.5)
+    step = T.make_train_step(loss, opt, mesh=fj.parallel.make_mesh(), ema_decay=0.5)
     for k in (key, jax.random.key(0)):
         state = step.place_state(T.create_train_state(params, opt, k))
         step(state, {"x": np.ones((4, 3), np.float32)})
@@ -502,14 +502,14 @@ def test_create_train_state_copies_its_inputs():
 
 def test_mesh_shapes_are_checked():
     n = jax.device_count()
-    assert dict(T.make_mesh().shape) == {"data": n}
-    assert dict(T.make_mesh({"data": -1, "fsdp": 1}).shape) == {"data": n, "fsdp": 1}
+    assert dict(fj.parallel.make_mesh().shape) == {"data": n}
+    assert dict(fj.parallel.make_mesh({"data": -1, "fsdp": 1}).shape) == {"data": n, "fsdp": 1}
     with pytest.raises(ValueError, match=f"needs {3 * n} devices"):
-        T.make_mesh({"data": 3 * n})
+        fj.parallel.make_mesh({"data": 3 * n})
     with pytest.raises(ValueError, match="at most one"):
-        T.make_mesh({"data": -1, "fsdp": -1})
+        fj.parallel.make_mesh({"data": -1, "fsdp": -1})
     with pytest.raises(ValueError, match="lacks"):
-        T.batch_sharding(T.make_mesh(), ("model",))
+        fj.parallel.batch_sharding(fj.parallel.make_mesh(), ("model",))
 
 
 def test_loop_reports_an_exhausted_iterator_and_shows_progress(capsys):

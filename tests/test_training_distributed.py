@@ -25,14 +25,14 @@ def test_eight_devices_give_the_one_device_step():
     out = run_python(
         """
         import jax, numpy as np
-        from flowjax import training as T
+        from flowjax import parallel
         from tests.test_training import ToyIterator, build
 
         assert jax.device_count() == 8
         meshes = {
-            "1": T.make_mesh(devices=jax.devices()[:1]),
-            "8": T.make_mesh(),
-            "4x2": T.make_mesh({"data": 4, "fsdp": 2}),
+            "1": parallel.make_mesh(devices=jax.devices()[:1]),
+            "8": parallel.make_mesh(),
+            "4x2": parallel.make_mesh({"data": 4, "fsdp": 2}),
         }
         runs = {}
         for name, mesh in meshes.items():
@@ -153,10 +153,11 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
 MULTI = """
 import sys
 import numpy as np
+from flowjax import parallel
 from flowjax import training as T
 
 pid, port, directory, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-T.initialize_distributed(f"localhost:{port}", 2, pid, initialization_timeout=60)
+parallel.initialize_distributed(f"localhost:{port}", 2, pid, initialization_timeout=60)
 import jax
 from tests.test_training import ToyIterator, build
 
@@ -165,7 +166,7 @@ class Half(ToyIterator):  # this process's half of each global batch of 16
         return {"x": super().__next__()["x"][8 * pid : 8 * (pid + 1)]}
 
 assert jax.process_count() == 2 and jax.device_count() == 4
-state, step = build(mesh=T.make_mesh())
+state, step = build(mesh=parallel.make_mesh())
 with T.Checkpointer(directory) as ck:
     res = T.train_loop(state, step, Half(16), num_steps=6, checkpointer=ck, checkpoint_every=3)
     assert ck.all_steps() == [3, 6], ck.all_steps()
@@ -215,10 +216,11 @@ def test_two_processes_train_like_one(tmp_path):
     out = run_python(
         f"""
         import jax, numpy as np
+        from flowjax import parallel
         from flowjax import training as T
         from tests.test_training import ToyIterator, build
 
-        state, step = build(mesh=T.make_mesh())
+        state, step = build(mesh=parallel.make_mesh())
         res = T.train_loop(state, step, ToyIterator(16), num_steps=6)
         multi = np.load({str(tmp_path / "multi.npz")!r})
         for i, x in enumerate(jax.tree.leaves(res.state)):

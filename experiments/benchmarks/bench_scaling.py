@@ -24,7 +24,16 @@ pass disabled the barriers survive as in the GPU/TPU pipelines (which expand the
 scheduling) and the saving shows. Also: milliseconds per step (median of a few) on CPU, where
 bfloat16 arithmetic is emulated and slower.
 
-Run: ``python -m experiments.benchmarks.bench_scaling [--quick] [--json FILE]``.
+Part 1 also times the train step with ``parallelism="shard_map"`` (per-device gradients and
+explicit collectives) beside the jit step (GSPMD) in every configuration, at global batch 256 and
+4096, alternating the two round by round: the per-round ratio (median, quartiles, range).
+
+Run: ``python -m experiments.benchmarks.bench_scaling [--quick] [--parts scaling,memory]
+[--shard-map-rounds R] [--configs 1x1,2x1,4x1] [--json FILE]``.
+
+On this 2-core machine (jax 0.10.2) one process with 2 or 4 CPU devices can stop in XLA's
+in-process all-reduce ("Termination timeout ... rendezvous") at batch >= 1024, for the jit and the
+shard_map step alike; separate processes (gloo) do not: ``--configs 1x1,2x1,4x1`` skips those.
 """
 
 from __future__ import annotations
@@ -46,11 +55,14 @@ RESULT = "RESULT "
 # children (run in fresh interpreters: device counts and XLA flags are fixed at start-up)
 
 
-def _scaling_child(pid: int, nproc: int, port: str, steps: int, batch: int) -> dict:
+def _scaling_child(
+    pid: int, nproc: int, port: str, steps: int, batch: int, shard_map_rounds: int
+) -> dict:
+    from flowjax import parallel
     from flowjax import training as T
 
     if nproc > 1:
-        T.initialize_distributed(
+        parallel.initialize_distributed(
             f"localhost:{port}",
             nproc,
             pid,
@@ -63,7 +75,7 @@ def _scaling_child(pid: int, nproc: int, port: str, steps: int, batch: int) -> d
     import numpy as np
 
     import flowjax as fj
-    from flowjax import distributed as D
+    from experiments.benchmarks.bench_training import spread
 
     class MLP(nn.Module):
         @nn.compact
@@ -86,7 +98,7 @@ def _scaling_child(pid: int, nproc: int, port: str, steps: int, batch: int) -> d
     params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
     params = params["params"]
     opt = T.make_optimizer("adam", 1e-3)
-    mesh = T.make_mesh()
+    mesh = parallel.make_mesh()
     step = T.make_train_step(loss_fn, opt, mesh=mesh, ema_decay=None)
     state = step.place_state(T.create_train_state(params, opt, jax.random.PRNGKey(1), ema=False))
     mix = fj.oracle.eight_gaussians()
@@ -110,17 +122,47 @@ def _scaling_child(pid: int, nproc: int, port: str, steps: int, batch: int) -> d
     # one all-reduce of a gradient-sized vector across all devices
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     n_dev = jax.device_count()
-    vec = T.shard_batch(
-        {"g": np.ones((jax.local_device_count(), n_params), np.float32)}, T.batch_sharding(mesh)
+    vec = parallel.shard_batch(
+        {"g": np.ones((jax.local_device_count(), n_params), np.float32)},
+        parallel.batch_sharding(mesh),
     )["g"]
-    reduce = jax.jit(lambda v: jnp.sum(v, axis=0), out_shardings=T.replicated(mesh))
+    reduce = jax.jit(lambda v: jnp.sum(v, axis=0), out_shardings=parallel.replicated(mesh))
     jax.block_until_ready(reduce(vec))
     ar = []
     for _ in range(20):
         t0 = time.perf_counter()
         jax.block_until_ready(reduce(vec))
         ar.append(time.perf_counter() - t0)
-    final = [np.asarray(x) for x in jax.tree.leaves(D.gather(state.params))]
+    final = [np.asarray(x) for x in jax.tree.leaves(parallel.gather(state.params))]
+
+    # the shard_map step beside the jit step (EMA on, as in training), alternated round by round
+    shard_map = {}
+    for size in (256, 4096) if shard_map_rounds else ():
+        rows = size // nproc
+        data = np.asarray(jax.jit(lambda k, n=size: mix.sample(k, n))(jax.random.PRNGKey(3)))
+        local_batch = {"x": data[pid * rows : (pid + 1) * rows]}
+        window = max(4, 20480 // size)  # steps per timed window: ~20k examples
+        variants = {}
+        for name in ("jit", "shard_map"):
+            vstep = T.make_train_step(loss_fn, opt, mesh=mesh, parallelism=name)
+            vstate = vstep.place_state(T.create_train_state(params, opt, jax.random.PRNGKey(1)))
+            variants[name] = [vstep, vstate, vstep.shard_batch(local_batch)]
+        ms = {name: [] for name in variants}
+        for r in range(shard_map_rounds + 1):  # round 0 compiles and warms up
+            for name in variants if r % 2 else reversed(variants):
+                vstep, vstate, vbatch = variants[name]
+                t0 = time.perf_counter()
+                for _ in range(window):
+                    vstate, m = vstep.jitted(vstate, vbatch)
+                jax.block_until_ready(m)
+                variants[name][1] = vstate
+                if r:
+                    ms[name].append(1e3 * (time.perf_counter() - t0) / window)
+        shard_map[str(size)] = {
+            "jit_ms": statistics.median(ms["jit"]),
+            "shard_map_ms": statistics.median(ms["shard_map"]),
+            "ratio": spread((np.asarray(ms["shard_map"]) / np.asarray(ms["jit"])).tolist()),
+        }
     return {
         "processes": nproc,
         "devices": n_dev,
@@ -130,6 +172,7 @@ def _scaling_child(pid: int, nproc: int, port: str, steps: int, batch: int) -> d
         "allreduce_ms_median": 1e3 * statistics.median(ar),
         "n_params": n_params,
         "final_params": [a.tolist() for a in final] if pid == 0 else None,
+        "shard_map_vs_jit": shard_map,
     }
 
 
@@ -242,18 +285,28 @@ def _collect(procs: list[subprocess.Popen], timeout: float) -> list[Any]:
     return results
 
 
-def _scaling(quick: bool) -> list[dict]:
+def _scaling(
+    quick: bool,
+    shard_map_rounds: int | None = None,
+    configs: list[tuple[int, int]] | None = None,
+) -> list[dict]:
     import numpy as np
     import portpicker
 
     steps, batch = (20, 1024) if quick else (100, 1024)
-    configs = [(1, 1), (1, 2), (1, 4), (2, 1), (4, 1)] if not quick else [(1, 1), (2, 1), (4, 1)]
+    if shard_map_rounds is None:
+        shard_map_rounds = 3 if quick else 7
+    if configs is None:
+        configs = [(1, 1), (2, 1), (4, 1)] if quick else [(1, 1), (1, 2), (1, 4), (2, 1), (4, 1)]
     rows = []
     ref = None
     for nproc, ndev in configs:
         port = str(portpicker.pick_unused_port())
         procs = [
-            _spawn(["scaling", str(i), str(nproc), port, str(steps), str(batch)], _env(ndev))
+            _spawn(
+                ["scaling", *map(str, (i, nproc, port, steps, batch, shard_map_rounds))],
+                _env(ndev),
+            )
             for i in range(nproc)
         ]
         res = _collect(procs, timeout=900)[0]
@@ -279,33 +332,64 @@ def _memory(quick: bool) -> dict:
     return out
 
 
-def run(quick: bool = False) -> dict:
-    """Both parts; a JSON-serialisable dict (see the module docstring)."""
+PARTS = ("scaling", "memory")
+
+
+def run(
+    quick: bool = False,
+    parts: tuple[str, ...] = PARTS,
+    shard_map_rounds: int | None = None,
+    configs: list[tuple[int, int]] | None = None,
+) -> dict:
+    """The ``parts`` (default both); a JSON-serialisable dict (see the module docstring).
+
+    ``shard_map_rounds``: alternated rounds of the shard_map-vs-jit comparison (default 7, quick
+    3; 0 skips it). ``configs``: ``(processes, devices per process)`` of part 1 (the first one is
+    the reference of the parameter differences).
+    """
     import jax
 
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; valid: {', '.join(PARTS)}")
     return {
         "benchmark": "scaling",
         "device": "cpu (no GPU or TPU in this run)",
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
-        "scaling": _scaling(quick),
-        "memory": _memory(quick),
+        **({"scaling": _scaling(quick, shard_map_rounds, configs)} if "scaling" in parts else {}),
+        **({"memory": _memory(quick)} if "memory" in parts else {}),
     }
 
 
 def _table(result: dict) -> str:
-    lines = [
-        f"scaling on {result['cpu_count']} CPU cores ({result['device']}), global batch "
-        f"{result['scaling'][0]['global_batch']}",
-        "procs devs  steps/s  examples/s  allreduce_ms  max|dparam| vs 1x1",
-    ]
-    for r in result["scaling"]:
-        lines.append(
-            f"{r['processes']:5d} {r['devices']:4d} {r['steps_per_sec']:8.1f} "
-            f"{r['examples_per_sec']:11.0f} {r['allreduce_ms_median']:13.3f} "
-            f"{r['max_param_diff_vs_1x1']:.2e}"
-        )
-    for name, part in result["memory"].items():
+    lines = []
+    if "scaling" in result:
+        lines += [
+            f"scaling on {result['cpu_count']} CPU cores ({result['device']}), global batch "
+            f"{result['scaling'][0]['global_batch']}",
+            "procs devs  steps/s  examples/s  allreduce_ms  max|dparam| vs 1x1",
+        ]
+        for r in result["scaling"]:
+            lines.append(
+                f"{r['processes']:5d} {r['devices']:4d} {r['steps_per_sec']:8.1f} "
+                f"{r['examples_per_sec']:11.0f} {r['allreduce_ms_median']:13.3f} "
+                f"{r['max_param_diff_vs_1x1']:.2e}"
+            )
+        if any(r.get("shard_map_vs_jit") for r in result["scaling"]):
+            lines += [
+                "\nshard_map step vs jit step (EMA on), per-round ratio over alternated rounds",
+                "procs devs  batch   jit_ms  shard_map_ms  ratio median (quartiles; range) rounds",
+            ]
+            for r in result["scaling"]:
+                for size, c in r.get("shard_map_vs_jit", {}).items():
+                    q = c["ratio"]
+                    lines.append(
+                        f"{r['processes']:5d} {r['devices']:4d} {int(size):6d} {c['jit_ms']:8.2f} "
+                        f"{c['shard_map_ms']:13.2f}  {q['median']:.3f} ({q['q1']:.3f}-{q['q3']:.3f};"
+                        f" {q['min']:.3f}-{q['max']:.3f}) {q['rounds']}"
+                    )
+    for name, part in result.get("memory", {}).items():
         m = part["model"]
         lines.append(
             f"\nU-Net step memory, {name} {part['flags']}: {m['unet']}, batch {m['batch']}, "
@@ -324,8 +408,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind = sys.argv[2]
         if kind == "scaling":
-            pid, nproc, port, steps, batch = sys.argv[3:8]
-            res = _scaling_child(int(pid), int(nproc), port, int(steps), int(batch))
+            pid, nproc, port, steps, batch, rounds = sys.argv[3:9]
+            res = _scaling_child(int(pid), int(nproc), port, int(steps), int(batch), int(rounds))
         else:
             res = _memory_child(bool(int(sys.argv[3])))
         print(RESULT + json.dumps(res), flush=True)
@@ -333,8 +417,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and configurations")
     parser.add_argument("--json", help="also write the result to this file")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run")
+    parser.add_argument(
+        "--shard-map-rounds", type=int, help="rounds of shard_map vs jit (default 7; quick 3)"
+    )
+    parser.add_argument(
+        "--configs",
+        help="part 1's processes x devices per process, e.g. 1x1,2x1,4x1 (default: all)",
+    )
     args = parser.parse_args()
-    result = run(quick=args.quick)
+    result = run(
+        quick=args.quick,
+        parts=tuple(args.parts.split(",")),
+        shard_map_rounds=args.shard_map_rounds,
+        configs=[(int(c.split("x")[0]), int(c.split("x")[1])) for c in args.configs.split(",")]
+        if args.configs
+        else None,
+    )
     print(_table(result))
     if args.json:
         with open(args.json, "w") as f:

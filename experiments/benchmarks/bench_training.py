@@ -14,11 +14,19 @@ wall-clock and process CPU time both):
 * ``step``: ``flowjax.training.make_train_step`` with Adam and EMA (decay 0.999), state donated,
   batch already on the devices: the headline ratio ``step / bare`` (target <= 1.10);
 * ``step_no_ema``, ``step_no_donate``: what EMA and donation cost or save;
+* ``step_shard_map``: ``step`` with ``parallelism="shard_map"`` (per-device gradients averaged
+  with explicit collectives) beside the jit step: ``shard_map_vs_jit`` is the per-round ratio
+  ``step_shard_map / step`` (median, quartiles, min and max over the rounds: its spread);
 * ``loop``: ``train_loop`` over a numpy iterator (batch placement, metrics kept on the devices,
   fetched every 100 steps): the end-to-end rate; ``loop_log_every_step``: the same loop fetching
   the metrics after every step (a host sync per step), for comparison.
 
-Run: ``python -m experiments.benchmarks.bench_training [--quick]``.
+The variants run on every device of the process (one CPU device unless
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``; with ``N > 1`` the batch is split over
+``N`` devices that share this machine's cores).
+
+Run: ``python -m experiments.benchmarks.bench_training [--quick] [--variants step,step_shard_map]
+[--rounds R]``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import numpy as np
 import optax
 
 import flowjax as fj
+from flowjax import parallel
 from flowjax import training as T
 
 
@@ -74,16 +83,45 @@ def _workload(batch_size: int) -> tuple[Callable, Any, dict]:
     return loss_fn, params, {"x": x}
 
 
-def _measure_case(batch_size: int, iters: int, rounds: int) -> dict:
+VARIANTS = (
+    "bare",
+    "bare_adam",
+    "step",
+    "step_no_ema",
+    "step_no_donate",
+    "step_shard_map",
+    "loop",
+    "loop_log_every_step",
+)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, quartiles, min and max of ``values`` (e.g. per-round ratios of two variants)."""
+    q1, median, q3 = (float(v) for v in np.percentile(values, [25, 50, 75]))
+    return {
+        "median": median,
+        "q1": q1,
+        "q3": q3,
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+        "rounds": len(values),
+    }
+
+
+def _measure_case(
+    batch_size: int, iters: int, rounds: int, variants: tuple[str, ...] = VARIANTS
+) -> dict:
     loss_fn, params, np_batch = _workload(batch_size)
-    mesh = T.make_mesh()
+    mesh = parallel.make_mesh()
     key = jax.random.PRNGKey(2)
     opt = T.make_optimizer("adam", 1e-3)
     configs = {
         "step": {"ema_decay": 0.999, "donate": True},
         "step_no_ema": {"ema_decay": None, "donate": True},
         "step_no_donate": {"ema_decay": 0.999, "donate": False},
+        "step_shard_map": {"ema_decay": 0.999, "donate": True, "parallelism": "shard_map"},
     }
+    configs = {k: c for k, c in configs.items() if k in variants or k == "step"}
     steps = {k: T.make_train_step(loss_fn, opt, mesh=mesh, **c) for k, c in configs.items()}
     states = {
         k: s.place_state(
@@ -157,6 +195,7 @@ def _measure_case(batch_size: int, iters: int, rounds: int) -> dict:
         "loop": make_loop(100),
         "loop_log_every_step": make_loop(1),
     }
+    runs = {k: r for k, r in runs.items() if k in variants or k in ("bare", "step")}
     for run in runs.values():  # compile and warm up
         run()
 
@@ -177,19 +216,36 @@ def _measure_case(batch_size: int, iters: int, rounds: int) -> dict:
         "ms": {k: 1e3 * v for k, v in med.items()},
         "cpu_ms": {k: 1e3 * v for k, v in cmed.items()},
         "ratio": {k: med[k] / med["bare"] for k in med if k != "bare"},
-        "ratio_to_bare_adam": {k: med[k] / med["bare_adam"] for k in med},
         "cpu_ratio": {k: cmed[k] / cmed["bare"] for k in cmed if k != "bare"},
         "steps_per_sec": 1.0 / med["step"],
         "examples_per_sec": batch_size / med["step"],
-        "loop_steps_per_sec": 1.0 / med["loop"],
     }
+    if "loop" in med:
+        out["loop_steps_per_sec"] = 1.0 / med["loop"]
+    if "bare_adam" in med:
+        out["ratio_to_bare_adam"] = {k: med[k] / med["bare_adam"] for k in med}
+    if "step_shard_map" in wall:  # paired within each round: the spread of the ratio itself
+        ratios = np.asarray(wall["step_shard_map"]) / np.asarray(wall["step"])
+        out["shard_map_vs_jit"] = spread(ratios.tolist())
     return out
 
 
-def run(quick: bool = False) -> dict:
-    """Measure the cases; returns a JSON-serialisable dict (see the module docstring)."""
+def run(
+    quick: bool = False, variants: tuple[str, ...] = VARIANTS, rounds: int | None = None
+) -> dict:
+    """Measure the cases; returns a JSON-serialisable dict (see the module docstring).
+
+    ``variants``: the variants to time (``bare`` and ``step`` always); ``rounds``: override the
+    number of alternated rounds.
+    """
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     plan = [(4096, 2, 3), (256, 10, 5)] if quick else [(4096, 5, 9), (256, 40, 15)]
-    cases = [_measure_case(b, iters, rounds) for b, iters, rounds in plan]
+    cases = [
+        _measure_case(b, iters, rounds or default_rounds, tuple(variants))
+        for b, iters, default_rounds in plan
+    ]
     return {
         "benchmark": "training",
         "workload": "4x512 SiLU MLP (3 -> 2), CondOT flow matching, Adam lr 1e-3, EMA 0.999",
@@ -219,8 +275,20 @@ def _table(result: dict) -> str:
             )
         lines.append(
             f"{'':>6} {'steps/s':>15} {case['steps_per_sec']:>9.1f}  examples/s "
-            f"{case['examples_per_sec']:.0f}  loop steps/s {case['loop_steps_per_sec']:.1f}"
+            f"{case['examples_per_sec']:.0f}"
+            + (
+                f"  loop steps/s {case['loop_steps_per_sec']:.1f}"
+                if "loop_steps_per_sec" in case
+                else ""
+            )
         )
+        if "shard_map_vs_jit" in case:
+            r = case["shard_map_vs_jit"]
+            lines.append(
+                f"{'':>6} {'shard_map/jit':>15} median {r['median']:.3f} (quartiles "
+                f"{r['q1']:.3f}-{r['q3']:.3f}, range {r['min']:.3f}-{r['max']:.3f}, "
+                f"{r['rounds']} rounds)"
+            )
     return "\n".join(lines)
 
 
@@ -231,8 +299,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--json", help="also write the result to this file")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated variants to time (bare and step always run)",
+    )
+    parser.add_argument("--rounds", type=int, help="alternated rounds per batch size")
     args = parser.parse_args()
-    result = run(quick=args.quick)
+    result = run(quick=args.quick, variants=tuple(args.variants.split(",")), rounds=args.rounds)
     print(_table(result))
     if args.json:
         import json

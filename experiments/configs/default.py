@@ -172,6 +172,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     training.batch_size = 512  # global, over all devices and processes
     training.grad_accum_steps = 1  # micro-batches per step (same update, 1/k of the activations)
     training.remat = "none"  # none | blocks | dots | blocks_dots (activation rematerialisation)
+    training.parallelism = "jit"  # jit (compiler-partitioned) | shard_map (explicit collectives)
     training.log_every = 250
     training.checkpoint_every = 1000
     training.max_to_keep = 3

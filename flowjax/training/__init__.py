@@ -1,10 +1,13 @@
-"""Training: train state, optimizers, the jitted sharded train step, checkpoints, metrics, loop.
+"""Training: train state, optimizers, the sharded train step, checkpoints, metrics, loop.
 
-* :func:`make_mesh`, :func:`batch_sharding`, :func:`shard_batch`, :func:`initialize_distributed`:
-  devices and data placement (data parallel over a ``data`` axis; room for ``fsdp``).
+Devices, meshes and data placement live in :mod:`flowjax.parallel`; the names that training code
+uses most (:func:`make_mesh`, :func:`shard_batch`, :func:`fsdp_sharding`, ...) are re-exported here.
+
 * :class:`TrainState`, :func:`create_train_state`, :func:`abstract_state`: the state pytree.
 * :func:`make_optimizer`, :func:`make_schedule`, :func:`learning_rate`: optax, on a schedule.
-* :func:`make_train_step` -> :class:`TrainStep`: one jitted step with explicit shardings, EMA.
+* :func:`make_train_step` -> :class:`TrainStep`: one jitted step with explicit shardings, EMA;
+  ``parallelism="jit"`` (the compiler partitions it) or ``"shard_map"`` (per-device gradients
+  averaged with explicit collectives).
 * :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore
   against CRC-32 checksums of every shard (:func:`state_checksums`, :func:`state_fingerprint`).
 * :class:`MetricWriter`, :func:`read_jsonl`: stdout, JSONL and TensorBoard metrics.
@@ -16,9 +19,22 @@ Scale (large models and batches, many processes):
 * :func:`remat_loss` (or ``make_train_step(remat=...)``): activation rematerialisation.
 * ``make_train_step(grad_accum_steps=k)`` (:func:`accumulate_value_and_grad`): micro-batches.
 * :func:`fsdp_sharding`: parameters and optimizer state split over an ``fsdp`` mesh axis.
-* :func:`initialize_distributed`, :class:`DistributedFailureError`: multi-process runs.
+* :class:`DistributedFailureError`: a collective failed in a multi-process run.
 """
 
+from flowjax.parallel import (  # re-exported: their home is flowjax.parallel
+    DATA_AXIS,
+    FSDP_AXIS,
+    batch_sharding,
+    fsdp_sharding,
+    fsdp_spec,
+    global_batch_size,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    shard_batch,
+    sharded_fraction,
+)
 from flowjax.training._accumulate import accumulate_value_and_grad, split_microbatches
 from flowjax.training._checkpoint import (
     Checkpointer,
@@ -27,22 +43,11 @@ from flowjax.training._checkpoint import (
     state_layout,
 )
 from flowjax.training._checksum import state_checksums, state_fingerprint
-from flowjax.training._fsdp import fsdp_sharding, fsdp_spec, sharded_fraction
 from flowjax.training._loop import (
     DistributedFailureError,
     NonFiniteLossError,
     TrainResult,
     train_loop,
-)
-from flowjax.training._mesh import (
-    DATA_AXIS,
-    FSDP_AXIS,
-    batch_sharding,
-    global_batch_size,
-    initialize_distributed,
-    make_mesh,
-    replicated,
-    shard_batch,
 )
 from flowjax.training._metrics import MetricWriter, read_jsonl, read_tensorboard_scalars
 from flowjax.training._optim import (
@@ -65,12 +70,20 @@ from flowjax.training._state import (
     all_finite,
     create_train_state,
 )
-from flowjax.training._step import TrainStep, ema_decay_at, make_train_step
+from flowjax.training._step import (
+    EXAMPLE_KEY,
+    PARALLELISMS,
+    TrainStep,
+    ema_decay_at,
+    make_train_step,
+)
 
 __all__ = [
     "DATA_AXIS",
+    "EXAMPLE_KEY",
     "FSDP_AXIS",
     "OPTIMIZERS",
+    "PARALLELISMS",
     "PRECISIONS",
     "REMAT_POLICIES",
     "SCHEDULES",

@@ -15,7 +15,13 @@ micro-batch.
 Randomness. Micro-batch ``j`` gets the key ``fold_in(key, j)``. A loss that draws its noise from
 the key (flow matching's ``eps`` and ``t``) therefore draws independent noise per micro-batch:
 the accumulated step has the same distribution as the large-batch step, not the same value. A loss
-whose randomness comes with the batch (or has none) gives the same value.
+whose randomness comes with the batch (or has none, or draws it from per-example keys, see
+``make_train_step(example_keys=True)``) gives the same value.
+
+Padding. A batch with a ``"mask"`` entry (bool ``[B]``, False on padding rows) is averaged over its
+true rows: ``loss_fn`` must then return the mean over the true rows of what it is given, and the
+micro-batches are weighted by their numbers of true rows (:func:`batch_weight`), so the result is
+the masked mean of the whole batch.
 """
 
 from __future__ import annotations
@@ -29,6 +35,39 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, PyTree
 
 LossOf = Callable[[PyTree, Mapping[str, Array], Array], tuple[Array, Mapping[str, Array]]]
+
+MASK_KEY = "mask"
+
+
+def batch_weight(batch: Mapping[str, Array]) -> Array | None:
+    """The number of true rows of ``batch["mask"]`` (float32), or ``None`` without a mask."""
+    if MASK_KEY not in batch:
+        return None
+    return jnp.sum(jnp.asarray(batch[MASK_KEY]).astype(jnp.float32))
+
+
+def weigh(tree: PyTree, weight: Array | None) -> PyTree:
+    """``weight * tree`` (a part with weight 0 counts as 0 even if it is NaN); ``tree`` if None."""
+    if weight is None:
+        return tree
+    return jax.tree.map(lambda x: jnp.where(weight > 0, x, 0) * weight.astype(x.dtype), tree)
+
+
+def check_microbatch_split(batch: Mapping[str, Array], num_micro: int, n_shards: int) -> None:
+    """Raise unless every ``[B, ...]`` array of ``batch`` splits into ``num_micro`` x ``n_shards``.
+
+    Raises:
+      ValueError: naming the global batch size, ``grad_accum_steps`` and the device count.
+    """
+    for name, x in batch.items():
+        b = x.shape[0]
+        if b % (num_micro * n_shards):
+            raise ValueError(
+                f"grad_accum_steps={num_micro}: the global batch of {b} examples (batch[{name!r}] "
+                f"{x.shape}) does not split into {num_micro} equal micro-batches over "
+                f"{n_shards} device(s); the global batch must be a multiple of "
+                f"{num_micro * n_shards}"
+            )
 
 
 def split_microbatches(
@@ -48,19 +87,12 @@ def split_microbatches(
     """
     n_shards = 1
     if mesh is not None and batch_axes:
-        n_shards = 1
         for a in batch_axes:
             n_shards *= mesh.shape[a]
+    check_microbatch_split(batch, num_micro, n_shards)
     out = {}
     for name, x in batch.items():
         b = x.shape[0]
-        if b % (num_micro * n_shards):
-            raise ValueError(
-                f"grad_accum_steps={num_micro}: the global batch of {b} examples (batch[{name!r}] "
-                f"{x.shape}) does not split into {num_micro} equal micro-batches over "
-                f"{n_shards} device(s); the global batch must be a multiple of "
-                f"{num_micro * n_shards}"
-            )
         y = jnp.swapaxes(x.reshape(b // num_micro, num_micro, *x.shape[1:]), 0, 1)
         if mesh is not None and batch_axes:
             spec = P(None, tuple(batch_axes), *([None] * (x.ndim - 1)))
@@ -78,48 +110,61 @@ def accumulate_value_and_grad(
     *,
     mesh: Mesh | None = None,
     batch_axes: Sequence[str] | None = None,
+    varying_axes: Sequence[str] = (),
 ) -> tuple[tuple[Array, dict[str, Array]], PyTree]:
     """``((loss, aux), grads)`` of the global batch, from ``num_micro`` micro-batches in sequence.
 
     Args:
       loss_of: ``loss, aux = loss_of(params, micro_batch, key)``, ``loss`` a scalar mean over the
-        micro-batch, ``aux`` a dict of scalars.
+        micro-batch (over its true rows when the batch has a ``"mask"``), ``aux`` a dict of
+        scalars.
       params: the parameters (gradients are taken with respect to them).
       batch: dict of global arrays ``[B, ...]``.
       key: the step's key; micro-batch ``j`` uses ``fold_in(key, j)``.
       num_micro: ``k``, the number of micro-batches (``B`` divisible by ``k`` x batch devices).
       mesh, batch_axes: keep each micro-batch split over the batch axes (see
         :func:`split_microbatches`).
+      varying_axes: inside ``jax.shard_map``, the mesh axes over which this device's values
+        differ (its batch axes): the running sums are typed as varying over them.
 
     Returns:
       The mean loss (float32), the mean of each aux entry over the micro-batches (float32), and
-      the mean gradient, accumulated in float32 and returned in the parameters' dtypes.
+      the mean gradient, accumulated in float32 and returned in the parameters' dtypes. With a
+      ``"mask"``, means weighted by each micro-batch's number of true rows.
     """
     micro = split_microbatches(batch, num_micro, mesh=mesh, batch_axes=batch_axes)
+    masked = MASK_KEY in micro
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     def f32(tree: PyTree) -> PyTree:
         return jax.tree.map(lambda a: jnp.asarray(a).astype(jnp.float32), tree)
 
+    def zeros(shape: tuple[int, ...]) -> Array:
+        z = jnp.zeros(shape, jnp.float32)
+        return jax.lax.pcast(z, tuple(varying_axes), to="varying") if varying_axes else z
+
     # The aux structure is only known after tracing once: evaluate its shape abstractly.
     first = {k: v[0] for k, v in micro.items()}
     (_, aux_shape), _ = jax.eval_shape(grad_fn, params, first, key)
-    zero_aux = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), dict(aux_shape))
-    zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zero_aux = jax.tree.map(lambda a: zeros(a.shape), dict(aux_shape))
+    zero_grads = jax.tree.map(lambda p: zeros(p.shape), params)
 
     def body(carry, xs):
-        loss_sum, aux_sum, grad_sum = carry
+        loss_sum, aux_sum, grad_sum, weight_sum = carry
         j, mb = xs
         (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(key, j))
-        loss_sum = loss_sum + jnp.asarray(loss).astype(jnp.float32)
-        aux_sum = jax.tree.map(jnp.add, aux_sum, f32(dict(aux)))
-        grad_sum = jax.tree.map(jnp.add, grad_sum, f32(grads))
-        return (loss_sum, aux_sum, grad_sum), None
+        weight = batch_weight(mb)
+        loss_sum = loss_sum + weigh(jnp.asarray(loss).astype(jnp.float32), weight)
+        aux_sum = jax.tree.map(jnp.add, aux_sum, weigh(f32(dict(aux)), weight))
+        grad_sum = jax.tree.map(jnp.add, grad_sum, weigh(f32(grads), weight))
+        if weight is not None:
+            weight_sum = weight_sum + weight
+        return (loss_sum, aux_sum, grad_sum, weight_sum), None
 
-    init = (jnp.zeros((), jnp.float32), zero_aux, zero_grads)
+    init = (zeros(()), zero_aux, zero_grads, zeros(()))
     steps = jnp.arange(num_micro, dtype=jnp.uint32)
-    (loss_sum, aux_sum, grad_sum), _ = jax.lax.scan(body, init, (steps, micro))
-    scale = jnp.float32(1.0 / num_micro)
+    (loss_sum, aux_sum, grad_sum, weight_sum), _ = jax.lax.scan(body, init, (steps, micro))
+    scale = 1.0 / weight_sum if masked else jnp.float32(1.0 / num_micro)
     grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grad_sum, params)
     aux = jax.tree.map(lambda a: a * scale, aux_sum)
     return (loss_sum * scale, aux), grads

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jaxtyping import Array
 
+from flowjax.parallel import is_primary
 from flowjax.training._checkpoint import Checkpointer
 from flowjax.training._metrics import MetricWriter
 from flowjax.training._state import TrainState, abstract_state
@@ -210,7 +211,7 @@ def train_loop(
     first_step_s = None
 
     if progress is None:
-        progress = jax.process_index() == 0 and num_steps - start_step >= 1000
+        progress = is_primary() and num_steps - start_step >= 1000
     bar = None
     if progress and num_steps > start_step:
         from tqdm.auto import tqdm

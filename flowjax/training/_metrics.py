@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-import jax
+from flowjax.parallel import is_primary
 
 
 def _fmt(value: float) -> str:
@@ -40,7 +40,7 @@ class MetricWriter:
         tensorboard: bool = True,
         stream: TextIO | None = None,
     ):
-        self.active = jax.process_index() == 0
+        self.active = is_primary()
         self.logdir = Path(logdir) if logdir is not None else None
         self._stream = stream if stdout else None
         self._stdout = stdout

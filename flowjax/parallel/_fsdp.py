@@ -4,9 +4,11 @@ On a mesh such as ``{"data": 2, "fsdp": 4}`` the batch is split over both axes (
 each large array of the train state (parameters, Adam's moments, EMA) is split along one dimension
 over ``fsdp``, so a device holds ``1 / fsdp`` of it. Small arrays (biases, norms, scalars, the key)
 stay replicated: sharding them would cost more in communication than it saves. The train step is
-unchanged: its ``state_sharding`` is the pytree from :func:`fsdp_sharding`, and the compiler
-(GSPMD, ``Auto`` mesh axes) gathers each parameter where it is used and reduce-scatters its
-gradient, so the update equals the replicated one up to summation order.
+unchanged: its ``state_sharding`` is the pytree from :func:`fsdp_sharding`. Under
+``parallelism="jit"`` the compiler (GSPMD, ``Auto`` mesh axes) gathers each parameter where it is
+used and reduce-scatters its gradient; under ``parallelism="shard_map"`` the step does both
+explicitly (``all_gather`` / ``psum_scatter`` over ``fsdp``). Either way the update equals the
+replicated one up to summation order.
 
 The rule is a function of an array's shape only, so Adam's moments and the EMA get the sharding of
 the parameter they belong to.
@@ -22,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
 
-from flowjax.training._mesh import FSDP_AXIS
+from flowjax.parallel._mesh import FSDP_AXIS
 
 DEFAULT_MIN_SIZE = 2**18  # 256 Ki elements (1 MiB in float32)
 
@@ -57,8 +59,8 @@ def fsdp_sharding(
       min_size: arrays with fewer elements stay replicated.
 
     Returns:
-      Shardings for ``make_train_step(..., state_sharding=...)``; the step then places the state
-      (``TrainStep.place_state``) and checkpoints restore into the same layout.
+      Shardings for ``flowjax.training.make_train_step(..., state_sharding=...)``; the step then
+      places the state (``TrainStep.place_state``) and checkpoints restore into the same layout.
 
     Raises:
       ValueError: ``mesh`` has no ``axis`` axis, or ``min_size`` is negative.
