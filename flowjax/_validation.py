@@ -161,6 +161,17 @@ def batch_time(t: Any, x: jax.Array, *, t_name: str = "t", x_name: str = "x") ->
     return t.reshape(t.shape + (1,) * (x.ndim - 1))
 
 
+def promote(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """Cast ``arrays`` to their common dtype by JAX's standard promotion lattice.
+
+    The result dtype is what ``jax_numpy_dtype_promotion="standard"`` would give, and it also
+    holds under ``"strict"`` (where e.g. a float16 ``t`` times a float32 ``x`` raises).
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = functools.reduce(jnp.promote_types, (a.dtype for a in arrays))
+    return tuple(a.astype(dtype) for a in arrays)
+
+
 def check_time_range(t: jax.Array, t_min: Any, t_max: Any, name: str = "t") -> None:
     """Check ``t_min <= t <= t_max`` (eagerly for concrete ``t``, in checked mode otherwise)."""
     if is_concrete(t) and is_concrete(t_min) and is_concrete(t_max):

@@ -120,6 +120,7 @@ class AbstractPath(eqx.Module):
         v.require_same_shape(x1, eps, "x1", "eps")
         tb = v.batch_time(t, x1)
         v.check_time_range(tb, self.t_min, self.t_max)
+        tb, x1, eps = v.promote(tb, x1, eps)
         return self.alpha(tb) * x1 + self.beta(tb) * eps
 
     def sample_conditional(
@@ -169,6 +170,7 @@ class AbstractPath(eqx.Module):
         v.require_same_shape(x1, eps, "x1", "eps")
         tb = v.batch_time(t, x1)
         v.check_time_range(tb, self.t_min, self.t_max)
+        tb, x1, eps = v.promote(tb, x1, eps)
         c1, c2 = self.prediction_coefficients(prediction, tb)
         return c1 * x1 + c2 * eps
 
@@ -181,6 +183,7 @@ class AbstractPath(eqx.Module):
         v.require_same_shape(xt, x1, "xt", "x1")
         tb = v.batch_time(t, xt, x_name="xt")
         v.check_time_range(tb, self.t_min, self.t_max)
+        tb, xt, x1 = v.promote(tb, xt, x1)
         alpha, beta = self.alpha(tb), self.beta(tb)
         return -(xt - alpha * x1) / beta**2
 
