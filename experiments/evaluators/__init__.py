@@ -28,7 +28,31 @@ if TYPE_CHECKING:
     from experiments.experiment import Experiment
     from experiments.sample import SampleSet
 
-__all__ = ["Context", "Evaluator", "SweepMetric"]
+__all__ = [
+    "STATISTICS",
+    "Context",
+    "Evaluator",
+    "FeatureClassifier",
+    "InceptionV3",
+    "InceptionWeightsError",
+    "SweepMetric",
+    "classifier_features",
+    "convert_torch_state_dict",
+    "data_floors",
+    "disjoint_subsets",
+    "exact_log_prob_fn",
+    "flatten_params",
+    "frechet_distance",
+    "gaussian_stats",
+    "inception_features",
+    "inception_param_shapes",
+    "kernel_inception_distance",
+    "load_inception_params",
+    "load_or_train_classifier",
+    "nll_summary",
+    "sample_quality",
+    "unflatten_params",
+]
 
 
 @dataclasses.dataclass
@@ -54,3 +78,34 @@ class Evaluator(Protocol):
     """An evaluator: built from the config, run on a :class:`Context`, returning its numbers."""
 
     def run(self, ctx: Context) -> dict[str, Any]: ...
+
+
+# The measuring functions of the evaluators, importable from the package (after the classes
+# above, which the evaluator modules import from here).
+from experiments.evaluators.classifier import (  # noqa: E402
+    FeatureClassifier,
+    classifier_features,
+    load_or_train_classifier,
+)
+from experiments.evaluators.features import (  # noqa: E402
+    frechet_distance,
+    gaussian_stats,
+    kernel_inception_distance,
+)
+from experiments.evaluators.inception import (  # noqa: E402
+    InceptionV3,
+    InceptionWeightsError,
+    convert_torch_state_dict,
+    flatten_params,
+    inception_features,
+    inception_param_shapes,
+    load_inception_params,
+    unflatten_params,
+)
+from experiments.evaluators.nll import exact_log_prob_fn, nll_summary  # noqa: E402
+from experiments.evaluators.quality import (  # noqa: E402
+    STATISTICS,
+    data_floors,
+    disjoint_subsets,
+    sample_quality,
+)
