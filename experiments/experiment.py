@@ -46,8 +46,6 @@ __all__ = [
 
 #: Keys of ``eval.nll`` that belong to the evaluator; the others are ``log_likelihood`` arguments.
 NLL_EVALUATOR_KEYS = ("enabled", "num_examples", "batch_size", "num_dequantizations")
-#: Activation rematerialisation policies of ``training.remat``.
-REMAT_POLICIES = ("none", "blocks", "dots", "blocks_dots")
 
 
 @dataclasses.dataclass
@@ -183,7 +181,7 @@ def _check_steps(cfg: ml_collections.ConfigDict) -> None:
 
 def _check_training(cfg: ml_collections.ConfigDict, train_ds: D.Dataset) -> None:
     tc = cfg.training
-    choice(tc.remat, REMAT_POLICIES, "training.remat")
+    choice(tc.remat, T.REMAT_POLICIES, "training.remat")
     choice(tc.parallelism, T.PARALLELISMS, "training.parallelism")
     n_dev, accum = jax.device_count(), tc.grad_accum_steps
     if accum < 1 or tc.batch_size % (n_dev * accum):
@@ -229,7 +227,10 @@ def _loss_and_optimizer(
 
 
 def _samplers(
-    cfg: ml_collections.ConfigDict, path: AbstractPath, shape: tuple[int, ...], num_classes
+    cfg: ml_collections.ConfigDict,
+    path: AbstractPath,
+    shape: tuple[int, ...],
+    num_classes: int | None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Every sampler's parsed settings and config entry, traced abstractly with a stand-in model
     (so a bad name or an impossible combination fails now rather than after training)."""
@@ -262,7 +263,14 @@ def _samplers(
     return parsed, entries
 
 
-def _check_evaluation(cfg, path, shape, num_classes, train_ds, lk) -> None:
+def _check_evaluation(
+    cfg: ml_collections.ConfigDict,
+    path: AbstractPath,
+    shape: tuple[int, ...],
+    num_classes: int | None,
+    train_ds: D.Dataset,
+    lk: dict[str, Any],
+) -> None:
     if cfg.eval.nll.enabled:
         cond = {"cond": jnp.zeros((2,), jnp.int32)} if num_classes is not None else {}
         x, key = jnp.zeros((2, *shape)), jax.random.PRNGKey(0)

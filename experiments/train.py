@@ -21,7 +21,7 @@ import ml_collections
 
 from experiments import io
 from experiments.experiment import Experiment, example_inputs, keys, setup
-from experiments.schema import flat_keys
+from experiments.schema import build, flat_keys
 from flowjax import data as D
 from flowjax import models as M
 from flowjax import training as T
@@ -58,16 +58,16 @@ def _write_config(exp: Experiment) -> None:
 
 
 def _train_step(exp: Experiment) -> T.TrainStep:
+    """``make_train_step`` with the ``training`` keys it takes (``ema_decay`` 0: no EMA)."""
     tc = exp.config.training
-    return T.make_train_step(
-        exp.loss_fn,
-        exp.optimizer,
+    return build(
+        T.make_train_step,
+        tc,
+        loss_fn=exp.loss_fn,
+        optimizer=exp.optimizer,
         mesh=exp.mesh,
         ema_decay=tc.ema_decay or None,
-        ema_warmup=tc.ema_warmup,
-        grad_accum_steps=tc.grad_accum_steps,
         remat=None if tc.remat == "none" else tc.remat,
-        parallelism=tc.parallelism,
     )
 
 

@@ -12,7 +12,9 @@
 * :mod:`.nfe_sweep`: quality against the number of function evaluations
   (``config.eval.nfe_sweep``).
 
-Each evaluator is ``Evaluator.from_config(exp)`` and ``run(ctx) -> dict`` of a :class:`Context`;
+Each evaluator is ``Evaluator.from_config(exp)`` (its config keys as keyword arguments) and
+``run(ctx) -> dict`` of a :class:`Context`; the NFE sweep's ``run`` also takes the
+:class:`SweepMetric` that quality or the classifier FD provides;
 :mod:`.features` holds the feature-space arithmetic (Frechet distance, KID) they share.
 """
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from experiments import io
-from experiments.evaluators import SweepMetric
+from experiments.evaluators import Context, SweepMetric
 from experiments.evaluators.classifier import classifier_features, load_or_train_classifier
 from experiments.evaluators.features import frechet_distance, gaussian_stats
 
@@ -37,7 +37,7 @@ class Evaluator:
             return None
         return cls(exp, classifier_dir=ev.classifier_dir, classifier_steps=ev.classifier_steps)
 
-    def run(self, ctx: Any) -> dict[str, Any]:
+    def run(self, ctx: Context) -> dict[str, Any]:
         from experiments.experiment import reference
 
         exp = self.exp
@@ -81,7 +81,7 @@ class Evaluator:
         )
         return result
 
-    def sweep_metric(self, ctx: Any, num_samples: int) -> SweepMetric:
+    def sweep_metric(self, ctx: Context, num_samples: int) -> SweepMetric:
         """The classifier FD as the NFE sweep's statistic (after :meth:`run`)."""
         if self._fd is None:
             raise RuntimeError("run the classifier FD evaluator before asking for its metric")

@@ -15,6 +15,7 @@ from experiments.evaluators.features import (
 from experiments.evaluators.inception import inception_features, load_inception_params
 
 if TYPE_CHECKING:
+    from experiments.evaluators import Context
     from experiments.experiment import Experiment
 
 __all__ = ["Evaluator"]
@@ -49,7 +50,7 @@ class Evaluator:
             kid_num_subsets=ev.kid_num_subsets,
         )
 
-    def run(self, ctx: Any) -> dict[str, Any]:
+    def run(self, ctx: Context) -> dict[str, Any]:
         from experiments.experiment import reference
 
         params = load_inception_params(self.weights)

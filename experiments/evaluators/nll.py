@@ -26,6 +26,7 @@ from flowjax import likelihood as LL
 from flowjax.data import Dataset
 
 if TYPE_CHECKING:
+    from experiments.evaluators import Context
     from experiments.experiment import Experiment
 
 __all__ = ["Evaluator", "exact_log_prob_fn", "log_line", "nll_summary"]
@@ -143,7 +144,7 @@ class Evaluator:
             ok.append(np.asarray(res.success)[-keep:])
         return np.concatenate(lps), np.concatenate(nfes), bool(np.all(np.concatenate(ok)))
 
-    def run(self, ctx: Any) -> dict[str, Any]:
+    def run(self, ctx: Context) -> dict[str, Any]:
         from experiments.experiment import reference
 
         exp = self.exp

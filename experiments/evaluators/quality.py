@@ -20,10 +20,12 @@ import numpy as np
 from jaxtyping import Array
 
 from experiments import io
+from experiments.evaluators import SweepMetric
 from flowjax import data as D
 from flowjax import distances
 
 if TYPE_CHECKING:
+    from experiments.evaluators import Context
     from experiments.experiment import Experiment
 
 __all__ = ["STATISTICS", "Evaluator", "data_floors", "disjoint_subsets", "sample_quality"]
@@ -216,7 +218,7 @@ class Evaluator:
             num_projections=self.num_projections,
         )
 
-    def run(self, ctx: Any) -> dict[str, Any]:
+    def run(self, ctx: Context) -> dict[str, Any]:
         """``{"data_floors": ..., "samplers": {name: {"quality": ...}}}``."""
         floors = self._floors(self.metrics, self.exp.config.sampling.num_samples, ctx.keys["floor"])
         per_sampler = {}
@@ -235,10 +237,8 @@ class Evaluator:
             )
         return {"data_floors": {"law": self.source["law"], **floors}, "samplers": per_sampler}
 
-    def sweep_metric(self, ctx: Any, num_samples: int) -> Any:
+    def sweep_metric(self, ctx: Context, num_samples: int) -> SweepMetric:
         """The first metric as the NFE sweep's statistic, with its floor at ``num_samples``."""
-        from experiments.evaluators import SweepMetric
-
         metric = self.metrics[0]
         floor = self._floors((metric,), num_samples, ctx.keys["floor"])[metric]
         ref, key = self.ref, ctx.keys["stat"]
