@@ -26,7 +26,7 @@ from flowjax import data as D
 from flowjax import models as M
 from flowjax import training as T
 
-__all__ = ["run", "setup", "train"]
+__all__ = ["config_dict", "run", "setup", "train"]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> T.TrainResult:
