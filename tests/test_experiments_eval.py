@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 
 import flowjax as fj
-from experiments import evaluation as E
+from experiments import evaluators as E
 from experiments import figures as F
 from flowjax import data as D
 
@@ -251,11 +251,11 @@ def test_inception_weights_load_from_either_format_and_give_features(inception_s
     f = E.inception_features(a, images, batch_size=2, size=75)  # a small size: a fast test
     assert f.shape == (3, 2048) and np.all(np.isfinite(f)) and np.all(f >= 0) and f.std() > 0
     # one padded batch and one full batch give what one call per image gives
-    f1 = np.asarray(E._inception_fn(75)(a, jnp.asarray(images[[2, 2]])))[0]
+    f1 = np.asarray(E.inception._inception_fn(75)(a, jnp.asarray(images[[2, 2]])))[0]
     np.testing.assert_allclose(f[2], f1, rtol=1e-4, atol=1e-5)
     # grayscale is the same pixels in three channels; inputs are resized to size x size
-    gray = E._inception_input(jnp.asarray(images), 75)
-    rgb = E._inception_input(jnp.asarray(np.repeat(images, 3, axis=-1)), 75)
+    gray = E.inception._inception_input(jnp.asarray(images), 75)
+    rgb = E.inception._inception_input(jnp.asarray(np.repeat(images, 3, axis=-1)), 75)
     assert gray.shape == (3, 75, 75, 3)
     np.testing.assert_array_equal(gray, rgb)
     stats = E.gaussian_stats(f)
