@@ -331,25 +331,32 @@ def trajectory_straightness(
 
 
 def nfe_curve(
-    run: Callable[..., tuple[Array, Any]],
+    run: Callable[..., tuple[Any, ...]],
     variants: Sequence[Mapping[str, Any]],
     score: Callable[[Array], Any],
+    *,
+    score_name: str = "score",
 ) -> list[dict[str, Any]]:
     """The one NFE sweep: ``score`` of the samples of each sampler variant, with its NFE.
 
     Args:
-      run: ``run(**variant) -> (samples, nfe)``; the caller fixes the noise (common random numbers)
-        and everything the variants share.
+      run: ``run(**variant) -> (samples, nfe)`` or ``(samples, nfe, extras)`` (a dict of further
+        row entries, e.g. wall time); the caller fixes the noise (common random numbers) and
+        everything the variants share. ``nfe`` may be a Python float (a mean over batches), kept
+        as it is; otherwise it is read as an integer.
       variants: the sampler settings to try, e.g. ``[{"num_steps": 4}, {"num_steps": 8}]``.
       score: ``score(samples) -> scalar`` (a distance to reference data, a classifier FD, ...).
+      score_name: the row key of the score.
 
     Returns:
-      one dict per variant: the variant's keys, ``nfe`` (as the sampler reported it) and ``score``.
+      one dict per variant: the variant's keys, ``nfe``, ``score_name`` and the extras.
     """
     rows = []
     for variant in variants:
-        samples, nfe = run(**variant)
-        rows.append({**variant, "nfe": int(nfe), "score": float(score(samples))})
+        samples, nfe, *extras = run(**variant)
+        nfe = nfe if isinstance(nfe, float) else int(nfe)
+        row = {**variant, "nfe": nfe, score_name: float(score(samples))}
+        rows.append({**row, **(extras[0] if extras else {})})
     return rows
 
 

@@ -24,3 +24,11 @@ def test_nfe_curve_rows_carry_the_variant_the_reported_nfe_and_the_score():
     ]
     chex.assert_type([r["nfe"] for r in rows], int)
     np.testing.assert_equal([type(r["score"]) for r in rows], [float, float])
+
+
+def test_nfe_curve_keeps_a_mean_nfe_and_merges_extras_under_its_score_name():
+    def run(rtol):
+        return jnp.ones((2, 2)) * rtol, 7.5, {"seconds": 0.25}
+
+    rows = reflow.nfe_curve(run, [{"rtol": 2.0}], lambda x: jnp.max(x), score_name="fd")
+    assert rows == [{"rtol": 2.0, "nfe": 7.5, "fd": 2.0, "seconds": 0.25}]

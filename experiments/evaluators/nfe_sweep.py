@@ -4,9 +4,9 @@ Each swept sampler runs at several step counts (fixed-step samplers: ``num_steps
 tolerances (adaptive ones: ``rtol = atol`` in ``tolerances``), every run from the same key, and
 is scored with the sample-quality statistic (low-dimensional data) or the classifier FD (images).
 
-``flowjax.reflow.nfe_quality`` is the library's sweep of a fixed-step ODE solver from one shared
-starting noise; this one sweeps any configured sampler (SDE, adaptive, guided) as it samples in
-the run, so that its NFE-1 end matches the samplers' numbers.
+The loop is the library's one NFE sweep, ``flowjax.reflow.nfe_curve``, run with the experiment's
+own draw (any configured sampler: SDE, adaptive, guided, as it samples in the run), so that the
+sweep's ends match the samplers' numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from experiments import io, samplers
+from flowjax.reflow import nfe_curve
 
 if TYPE_CHECKING:
     from experiments.evaluators import Context, SweepMetric
@@ -54,12 +55,12 @@ class Evaluator:
         n, key = self.num_samples, ctx.keys["sweep"]
         for name in self.samplers:
             kw = self.exp.samplers[name]
-            rows = []
-            for var in self._variants(kw):
+
+            def run(kw: dict[str, Any] = kw, **var: Any) -> tuple[Any, float, dict[str, float]]:
                 x, _, nfes, secs = samplers.draw(self.exp, ctx.fn, {**kw, **var}, n, n, key)
-                rows.append(
-                    {**var, "nfe": float(np.mean(nfes)), metric.name: metric.fn(x), "seconds": secs}
-                )
+                return x, float(np.mean(nfes)), {"seconds": secs}
+
+            rows = nfe_curve(run, self._variants(kw), metric.fn, score_name=metric.name)
             curves[name] = rows
             io.log(
                 f"NFE sweep {name}: "
