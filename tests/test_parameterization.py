@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 import flowjax as fj
 from flowjax import parameterization as P
@@ -268,3 +269,67 @@ def test_checked_mode_catches_values_inside_jit():
     with pytest.raises(Exception, match="not finite"):
         fj.checked(f)(x.at[0, 0].set(jnp.nan), jnp.array([0.5, 0.5]))
     np.testing.assert_allclose(fj.checked(f)(x, jnp.array([0.0, 0.0])), -x)
+
+
+# ------------------------------------------------------------------ jit and non-jit variants
+
+
+def _numpy_predictions(al, be, ad, bd, x1, eps):
+    """Every prediction of a known pair (x1, eps), written out in numpy."""
+    col = lambda c: c[:, None]  # noqa: E731
+    return {
+        "velocity": col(ad) * x1 + col(bd) * eps,
+        "score": -eps / col(be),
+        "eps": eps,
+        "x1": x1,
+        "v": col(al) * eps - col(be) * x1,
+    }
+
+
+class ConversionsUnderJit(chex.TestCase):
+    """convert, the 20 named pair functions, to_x1_eps, conversion_coefficients, sde_drift and
+    prop1_coefficients: the same values with and without jit (exact answers from a known pair)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("condot", "condot"), ("vp_cosine", "vp_cosine"))
+    def test_every_pair(self, name):
+        with jax.enable_x64(True):
+            path = PATHS[name]
+            t = np.asarray(_interior(path, n=5))
+            rng = np.random.default_rng(3)
+            x1, eps = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+            al, be, ad, bd = (np.asarray(c) for c in path.coefficients(jnp.asarray(t)))
+            x = al[:, None] * x1 + be[:, None] * eps
+            preds = _numpy_predictions(al, be, ad, bd, x1, eps)
+
+            @self.variant
+            def everything(path, x, t, preds):
+                pairs = itertools.permutations(fj.PREDICTIONS, 2)
+                out = {}
+                for s, g in pairs:
+                    out[f"convert {s}->{g}"] = fj.convert(
+                        preds[s], source=s, target=g, path=path, x=x, t=t
+                    )
+                    out[f"{s}_to_{g}"] = P.NAMED_CONVERSIONS[(s, g)](preds[s], path=path, x=x, t=t)
+                    A, B = P.conversion_coefficients(s, g, path, t)
+                    out[f"coefficients {s}->{g}"] = A[:, None] * preds[s] + B[:, None] * x
+                for s in fj.PREDICTIONS:
+                    out[f"to_x1_eps {s}"] = P.to_x1_eps(preds[s], source=s, path=path, x=x, t=t)
+                    out[f"drift {s}"] = P.sde_drift(
+                        preds[s], prediction=s, path=path, x=x, t=t, sigma=0.5
+                    )
+                a, b = P.prop1_coefficients(path, t)
+                out["prop1"] = a[:, None] * preds["score"] + b[:, None] * x
+                return out
+
+            out = everything(path, jnp.asarray(x), jnp.asarray(t), preds)
+            expected = {}
+            for s, g in itertools.permutations(fj.PREDICTIONS, 2):
+                for what in (f"convert {s}->{g}", f"{s}_to_{g}", f"coefficients {s}->{g}"):
+                    expected[what] = preds[g]
+            for s in fj.PREDICTIONS:
+                expected[f"to_x1_eps {s}"] = (x1, eps)
+                expected[f"drift {s}"] = preds["velocity"] + 0.125 * preds["score"]
+            expected["prop1"] = preds["velocity"]
+            chex.assert_tree_all_finite(out)
+            chex.assert_trees_all_close(out, expected, rtol=1e-8, atol=1e-8)
