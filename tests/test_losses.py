@@ -3,11 +3,13 @@ label dropout, minibatch OT, bad input, and a small flow-matching training run a
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 from scipy import stats
 
 import flowjax as fj
@@ -479,3 +481,111 @@ def test_mlp_learns_eight_gaussians_to_near_the_cfm_minimum():
     assert np.mean(minima) > 3.0  # the CFM minimum is far from zero (about 3.93 here)
     assert untrained_gap > 2.0
     assert -3 * se < gap < 0.15, (gap, se, np.mean(minima))
+
+
+# ------------------------------------------------------------------ jit and non-jit variants
+
+
+def _numpy_predictions(al, be, ad, bd, x1, eps):
+    col = lambda c: c[:, None]  # noqa: E731
+    return {
+        "velocity": col(ad) * x1 + col(bd) * eps,
+        "score": -eps / col(be),
+        "eps": eps,
+        "x1": x1,
+        "v": col(al) * eps - col(be) * x1,
+    }
+
+
+class LossesUnderJit(chex.TestCase):
+    """The losses' pure functions give the same values with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("condot", "condot"), ("vp_cosine", "vp_cosine"))
+    def test_objectives_and_weightings(self, name):
+        """Closed forms in numpy: the uniform loss of each prediction, and the weighting identity
+        ``w = A(p -> q)^2`` making a p-loss equal to the uniform q-loss, example by example, for a
+        predictor consistent with x (alpha x1_hat + beta eps_hat = x)."""
+        with jax.enable_x64(True):
+            path = PATHS[name]
+            rng = np.random.default_rng(0)
+            n = 6
+            t = np.linspace(0.1, 0.9, n)
+            x1, eps, x1_hat = (rng.normal(size=(n, 3)) for _ in range(3))
+            al, be, ad, bd = (np.asarray(c) for c in path.coefficients(jnp.asarray(t)))
+            x = al[:, None] * x1 + be[:, None] * eps
+            eps_hat = (x - al[:, None] * x1_hat) / be[:, None]
+            target = _numpy_predictions(al, be, ad, bd, x1, eps)
+            out = _numpy_predictions(al, be, ad, bd, x1_hat, eps_hat)
+            uniform = {p: np.mean((out[p] - target[p]) ** 2, axis=1) for p in fj.PREDICTIONS}
+
+            @self.variant
+            def everything(path, out, x1, eps, t):
+                res = {}
+                for p in fj.PREDICTIONS:
+                    res[f"{p} named"] = L.LOSSES[p](out[p], x1, eps, t, path)
+                    res[f"{p} sum"] = L.prediction_loss(
+                        p, out[p], x1, eps, t, path, reduction="sum"
+                    )
+                    for q in fj.PREDICTIONS:
+                        res[f"{p} weighted {q}"] = L.prediction_loss(
+                            p, out[p], x1, eps, t, path, weighting=q
+                        )
+                res["snr"] = L.prediction_loss("x1", out["x1"], x1, eps, t, path, weighting="snr")
+                res["likelihood"] = L.prediction_loss(
+                    "score", out["score"], x1, eps, t, path, weighting="likelihood"
+                )
+                res["snr fn"] = L.snr(path, t)
+                res["squared_error"] = L.squared_error(out["eps"], eps, reduction="sum")
+                return res
+
+            res = everything(path, out, jnp.asarray(x1), jnp.asarray(eps), jnp.asarray(t))
+            expected = {"snr fn": (al / be) ** 2, "squared_error": 3 * uniform["eps"]}
+            for p in fj.PREDICTIONS:
+                expected[f"{p} named"] = uniform[p]
+                expected[f"{p} sum"] = 3 * uniform[p]
+                for q in fj.PREDICTIONS:
+                    expected[f"{p} weighted {q}"] = uniform[q]
+            expected["snr"] = uniform["eps"]
+            a_t = be * (be * ad - bd * al) / al  # g^2 / 2 of the reverse SDE (Prop. 1's a_t)
+            expected["likelihood"] = a_t * uniform["score"]
+            chex.assert_shape(list(res.values())[:-2], (n,))
+            chex.assert_trees_all_close(res, expected, rtol=1e-9)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_time_samplers_and_label_dropout(self):
+        key = jax.random.PRNGKey(3)
+
+        @self.variant
+        def draw(key):
+            times = {
+                name: L.sample_time(name, key, 64, t_min=0.1, t_max=0.9) for name in L.TIME_SAMPLERS
+            }
+            labels = jnp.arange(64, dtype=jnp.int32) % 10
+            return times, L.drop_labels(key, labels, 0.5, 10)
+
+        times, dropped = draw(key)
+        chex.assert_shape(list(times.values()), (64,))
+        chex.assert_type(list(times.values()), jnp.float32)
+        for name, t in times.items():
+            assert float(t.min()) >= 0.1 and float(t.max()) <= 0.9, name
+        strat = np.sort(np.asarray(times["stratified"]))  # one draw in each of 64 strata
+        assert np.all(np.floor((strat - 0.1) / 0.8 * 64) == np.arange(64))
+        anti = np.asarray(times["antithetic"])  # pairs t, 1 - t mapped into [0.1, 0.9]
+        chex.assert_trees_all_close(np.sort(anti), np.sort(1.0 - anti), atol=1e-6)
+        chex.assert_type(dropped, jnp.int32)
+        kept = np.asarray(dropped) != 10
+        assert 0 < kept.sum() < 64
+        chex.assert_trees_all_equal(np.asarray(dropped)[kept], (np.arange(64) % 10)[kept])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_make_loss_with_the_oracle(self):
+        path, data = fj.CondOT(), gaussian_data()
+        loss_fn = self.variant(L.make_loss(oracle_apply(data, path, "velocity"), path))
+        batch = {"x": data.sample(jax.random.PRNGKey(0), 32)}
+        loss, aux = loss_fn(None, batch, jax.random.PRNGKey(1))
+        chex.assert_shape(loss, ())
+        chex.assert_tree_all_finite((loss, aux))
+        # with the same key, the same draws: the loss equals the hand-built one
+        ref = jax.jit(L.make_loss(oracle_apply(data, path, "velocity"), path))
+        chex.assert_trees_all_close(loss, ref(None, batch, jax.random.PRNGKey(1))[0], rtol=1e-6)
