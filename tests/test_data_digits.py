@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,7 +72,9 @@ def test_scale_and_to_levels_round_trip():
     assert x[0] == -1.0 and x[-1] == 1.0 and x.dtype == np.float32
     np.testing.assert_array_equal(fd.to_levels(x, 256), k)
     np.testing.assert_array_equal(fd.to_levels(np.array([-3.0, 3.0]), 17), [0, 16])
-    np.testing.assert_allclose(fd.scale_levels([0, 8, 16], 17, (0.0, 1.0)), [0.0, 0.5, 1.0])
+    chex.assert_trees_all_close(
+        fd.scale_levels([0, 8, 16], 17, (0.0, 1.0)), np.asarray([0.0, 0.5, 1.0]), rtol=1e-7
+    )
     with pytest.raises(ValueError, match="num_levels"):
         fd.scale_levels(k, 1)
     with pytest.raises(ValueError, match="value_range"):

@@ -3,6 +3,7 @@ ArrayRecord reading path on a data set written locally by prepare_from_arrays (n
 
 import json
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -58,7 +59,7 @@ def test_mock_record_and_in_memory_paths_agree(mock):
     np.testing.assert_array_equal(
         serial.source.get_batch(idx)["image"], rec.source.get_batch(idx)["image"]
     )
-    assert rec.source[3]["image"].shape == (32, 32, 3)
+    chex.assert_shape(rec.source[3]["image"], (32, 32, 3))
     with pytest.raises(IndexError, match="out of range"):
         rec.source[96]
     with pytest.raises(IndexError, match=r"\[0, 96\)"):
