@@ -132,7 +132,7 @@ def test_finite_dataset_matches_sampler(name, samples):
     shifted = float(_DIST(jnp.asarray(x) + 0.5, draws[0]))
     assert shifted > floor.mean() + 4 * floor.std() + 1e-3
     # fixed: same seed, same data; different split, different data
-    np.testing.assert_array_equal(fd.toy_dataset(name, n, seed=5).arrays["x"], x)
+    chex.assert_trees_all_equal(fd.toy_dataset(name, n, seed=5).arrays["x"], x)
     assert not np.allclose(fd.toy_dataset(name, n, seed=5, split="test").arrays["x"], x)
 
 
@@ -152,7 +152,7 @@ def test_get_dataset_toy_metadata_and_iteration():
     assert batch["label"].dtype == np.int32
     assert len(fd.get_dataset("moons", "test")) == fd.TOY_SIZES["test"]
     held_out = ds.as_arrays()
-    np.testing.assert_array_equal(held_out["x"], ds.source.arrays["x"])
+    chex.assert_trees_all_equal(held_out["x"], ds.source.arrays["x"])
 
 
 def test_unknown_toy_names_list_the_valid_ones():
