@@ -41,8 +41,8 @@ def test_score_is_gradient_of_log_density(pname, mname, x64):
     x = points(mix, 12)
     for t in (path.t_min, 0.3, 0.8, path.t_max):
         grad = jax.vmap(jax.grad(lambda xi, t=t: mix.log_prob(path, xi[None], t)[0]))(x)
-        np.testing.assert_allclose(
-            mix.score(path, x, t), grad, rtol=1e-7, atol=1e-9, err_msg=f"t={t}"
+        chex.assert_trees_all_close(
+            mix.score(path, x, t), grad, rtol=1e-7, atol=1e-9, custom_message=f"t={t}"
         )
 
 
@@ -59,25 +59,29 @@ def test_continuity_equation(pname, mname, x64):
         s = mix.score(path, x, t)
         jac = jax.vmap(jax.jacfwd(lambda xi, t=t: mix.velocity(path, xi[None], t)[0]))(x)
         div = jnp.trace(jac, axis1=1, axis2=2)
-        np.testing.assert_allclose(dlogp, -div - jnp.sum(u * s, axis=1), rtol=1e-5, atol=1e-5)
+        chex.assert_trees_all_close(dlogp, -div - jnp.sum(u * s, axis=1), rtol=1e-5, atol=1e-5)
 
 
 def test_seed_mixture_scores(x64):
     # Ch. 1: 0.5 N((-2,0), 0.49 I) + 0.5 N((2,0), 0.49 I): score (-2.04, 0) at (3, 0), 0 at the origin.
     mix = two_modes_2d()
     s = mix.score(fj.CondOT(), jnp.array([[3.0, 0.0], [0.0, 0.0]]), 1.0)
-    np.testing.assert_allclose(s, [[-2.04, 0.0], [0.0, 0.0]], atol=1e-2)
-    np.testing.assert_allclose(s[0, 0], -1 / 0.49, rtol=1e-9)
+    chex.assert_trees_all_close(s, np.asarray([[-2.04, 0.0], [0.0, 0.0]]), rtol=1e-7, atol=1e-2)
+    chex.assert_trees_all_close(s[0, 0], -1 / 0.49, rtol=1e-9)
 
 
 def test_gaussian_seed_examples(x64):
     # Ch. 1: N(3, 1): score -2 at x = 5, +2 at x = 1, 0 at 3; quiz N(5, 4) at x = 9: -1.
     g = GaussianMixture([1.0], [[3.0]], [[1.0]])
-    np.testing.assert_allclose(
-        g.score(fj.CondOT(), jnp.array([[5.0], [1.0], [3.0]]), 1.0), [[-2.0], [2.0], [0.0]]
+    chex.assert_trees_all_close(
+        g.score(fj.CondOT(), jnp.array([[5.0], [1.0], [3.0]]), 1.0),
+        np.asarray([[-2.0], [2.0], [0.0]]),
+        rtol=1e-7,
     )
     g = GaussianMixture([1.0], [[5.0]], [[4.0]])
-    np.testing.assert_allclose(g.score(fj.CondOT(), jnp.array([[9.0]]), 1.0), [[-1.0]])
+    chex.assert_trees_all_close(
+        g.score(fj.CondOT(), jnp.array([[9.0]]), 1.0), np.asarray([[-1.0]]), rtol=1e-7
+    )
 
 
 def numpy_mixture_posterior(weights, means, covs, al, be, ad, bd, x):
@@ -149,13 +153,16 @@ def test_endpoints_of_predictions(x64):
     x = points(mix, 5)
     path = fj.CondOT()
     # At t = 1 (beta = 0) the denoiser is the identity; at t = 0 (alpha = 0) it is the data mean.
-    np.testing.assert_allclose(mix.x1(path, x, 1.0), x, atol=1e-12)
-    np.testing.assert_allclose(
-        mix.x1(path, x, 0.0), jnp.broadcast_to(mix.weights @ mix.means, x.shape), atol=1e-12
+    chex.assert_trees_all_close(mix.x1(path, x, 1.0), x, rtol=1e-7, atol=1e-12)
+    chex.assert_trees_all_close(
+        mix.x1(path, x, 0.0),
+        jnp.broadcast_to(mix.weights @ mix.means, x.shape),
+        rtol=1e-7,
+        atol=1e-12,
     )
-    np.testing.assert_allclose(mix.eps(path, x, 0.0), x, atol=1e-12)
+    chex.assert_trees_all_close(mix.eps(path, x, 0.0), x, rtol=1e-7, atol=1e-12)
     # And the time-0 marginal is the prior N(0, I).
-    np.testing.assert_allclose(mix.log_prob(path, x, 0.0), path.prior_log_prob(x), rtol=1e-12)
+    chex.assert_trees_all_close(mix.log_prob(path, x, 0.0), path.prior_log_prob(x), rtol=1e-12)
 
 
 def test_sampling_moments(x64):
@@ -165,9 +172,11 @@ def test_sampling_moments(x64):
     second = jnp.einsum(
         "k,kij->ij", mix.weights, mix.covs + jnp.einsum("ki,kj->kij", mix.means, mix.means)
     )
-    np.testing.assert_allclose(x.mean(0), mean, atol=0.02)
-    np.testing.assert_allclose(jnp.cov(x.T), second - jnp.outer(mean, mean), atol=0.03)
-    np.testing.assert_allclose(jnp.bincount(labels, length=3) / 200_000, mix.weights, atol=0.005)
+    chex.assert_trees_all_close(x.mean(0), mean, rtol=1e-7, atol=0.02)
+    chex.assert_trees_all_close(jnp.cov(x.T), second - jnp.outer(mean, mean), rtol=1e-7, atol=0.03)
+    chex.assert_trees_all_close(
+        jnp.bincount(labels, length=3) / 200_000, mix.weights, rtol=1e-7, atol=0.005
+    )
 
 
 def test_class_conditional(x64):
@@ -178,14 +187,14 @@ def test_class_conditional(x64):
     for k in range(3):
         comp = mix.component(k)
         lab = jnp.full((7,), k)
-        np.testing.assert_allclose(
+        chex.assert_trees_all_close(
             mix.score(path, x, 0.4, labels=lab), comp.score(path, x, 0.4), rtol=1e-10
         )
     r = mix.responsibilities(path, x, 0.9)
     chex.assert_shape(r, (7, 8))
-    np.testing.assert_allclose(r.sum(1), 1.0)
+    chex.assert_trees_all_close(r.sum(1), 1.0, rtol=1e-7)
     # Bayes: p(x) p(k | x) = w_k p(x | k)
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         mix.log_prob(path, x, 0.9) + jnp.log(r[jnp.arange(7), labels]),
         jnp.log(mix.weights[labels]) + mix.log_prob(path, x, 0.9, labels=labels),
         rtol=1e-9,
@@ -207,7 +216,7 @@ def test_posterior_matches_bayes_on_a_grid(x64):
     log_unnorm = log_prior + log_lik
     dx = float(g[1] - g[0])
     log_z = jax.nn.logsumexp(log_unnorm) + 2 * jnp.log(dx)
-    np.testing.assert_allclose(post.data_log_prob(pts), log_unnorm - log_z, atol=1e-6)
+    chex.assert_trees_all_close(post.data_log_prob(pts), log_unnorm - log_z, rtol=1e-7, atol=1e-6)
 
 
 def test_posterior_bad_input():
