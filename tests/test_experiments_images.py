@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -40,8 +41,9 @@ def _check_image_run(wd, result, cfg, shape):
     assert T.Checkpointer(wd / "checkpoints").all_steps() == [2, 4]
     assert json.loads((wd / "eval.json").read_text()) == json.loads(json.dumps(io.jsonable(result)))
     with np.load(wd / "samples" / "ode_euler.npz") as f:
-        assert f["samples"].shape == (16, *shape) and np.all(np.isfinite(f["samples"]))
-    assert result["samplers"]["ode_euler"]["nfe"] == 2
+        chex.assert_shape(f["samples"], (16, *shape))
+        chex.assert_tree_all_finite(f["samples"])
+    chex.assert_equal(result["samplers"]["ode_euler"]["nfe"], 2)
     bpd = result["bits_per_dim"]
     # dequantized data: a density on [-1, 1]^d with 2^(bits) levels, so bits/dim is positive
     assert math.isfinite(bpd["bits_per_dim"]) and bpd["bits_per_dim"] > 0

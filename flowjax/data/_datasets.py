@@ -100,6 +100,7 @@ def _toy(name: str | GaussianMixture, split: str, seed: int, num_examples: int |
         raise ValueError(f"unknown toy split {split!r}; valid choices are: {', '.join(TOY_SIZES)}")
     n = TOY_SIZES[split] if num_examples is None else int(num_examples)
     source = toy_dataset(name, n, seed, split)
+    oracle: GaussianMixture | None
     if isinstance(name, GaussianMixture):
         label, oracle = "mixture", name
     else:
