@@ -12,7 +12,9 @@ path of every notebook is plain code (a cell that waited would hit the cell time
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import types
 
 import chex
 import nbclient
@@ -69,6 +71,38 @@ def test_notebook_is_clean_with_badge_and_install_cell(name):
                 f"{name}: cell {i} has stored outputs; clear them before committing"
             )
     assert any("FLOWJAX_FAST" in c.source for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("returncode", [0, 1])
+def test_install_cell_on_colab(name, returncode, monkeypatch):
+    """The install cell, run as on Colab: pip gets FLOWJAX_SOURCE; a failure says what to do."""
+    calls = []
+
+    def fake_run(cmd, *args, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, returncode)
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    namespace: dict = {}
+    source = _read(name).cells[1].source
+    if returncode == 0:
+        exec(source, namespace)
+    else:
+        with pytest.raises(RuntimeError, match="wheel") as info:
+            exec(source, namespace)
+        assert "FLOWJAX_SOURCE" in str(info.value) and INSTALL_URL in str(info.value)
+    chex.assert_equal(len(calls), 1)
+    chex.assert_equal(calls[0][1:5], ["-m", "pip", "install", "-q"])
+    assert calls[0][-1] == namespace["FLOWJAX_SOURCE"] and INSTALL_URL in calls[0][-1]
+
+
+def test_install_cell_does_nothing_off_colab(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran pip off Colab"))
+    for name in NOTEBOOKS:
+        exec(_read(name).cells[1].source, {})
 
 
 def _execute(name: str, monkeypatch, *, fast: bool):
