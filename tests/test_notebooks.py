@@ -11,6 +11,7 @@ path of every notebook is plain code (a cell that waited would hit the cell time
 
 from __future__ import annotations
 
+import configparser
 import os
 import subprocess
 import sys
@@ -35,8 +36,13 @@ EXPECTED = [
     "07_guidance_and_inverse_problems.ipynb",
     "08_reflow.ipynb",
 ]
-COLAB = "https://colab.research.google.com/github/flowjax-fm/flowjax/blob/main/notebooks/"
-INSTALL_URL = "git+https://github.com/flowjax-fm/flowjax"
+# the repository's one URL: setup.cfg's [metadata] url (the badges and install cells must match it)
+_CFG = configparser.ConfigParser()
+_CFG.read(ROOT / "setup.cfg")
+REPO_URL = _CFG["metadata"]["url"]  # https://github.com/<owner>/<name>
+COLAB = REPO_URL.replace("https://github.com/", "https://colab.research.google.com/github/")
+COLAB += "/blob/main/notebooks/"
+INSTALL_URL = f"git+{REPO_URL}"
 
 _CHECK_IMPORT = f"""
 import flowjax as _fj, pathlib as _pl
