@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from flowjax.models._common import at_least_float32, check_x, expected_features
-from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels, time_features
+from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels
+from flowjax.models._time import TimeFeatures, check_time_options
 
 __all__ = ["AttentionBlock", "ResBlock", "UNet"]
 
@@ -131,7 +132,14 @@ class UNet(nn.Module):
       num_classes: ``K`` for class conditioning (``K + 1`` embeddings, ``K`` the null label).
       num_groups: GroupNorm groups (reduced to the largest divisor of each width).
       head_dim: channels per attention head (``max(1, C // head_dim)`` heads).
-      time_embedding: ``sinusoidal`` or ``fourier``.
+      time_input: what the network sees as time, ``t``, ``log_snr`` or ``edm`` (the last two need
+        ``path``); see :mod:`flowjax.models._time`.
+      time_embedding: ``none`` (the scalar input feeds the time MLP), ``sinusoidal``, ``fourier``
+        or ``learned``; features of width ``channels`` go through a two-layer MLP of width
+        ``4 * channels`` (plus the class embedding) to every block's scale/shift.
+      sinusoidal_scale: the factor ``c`` of the sinusoidal embedding's input (DDPM: 1000).
+      fourier_scale: standard deviation of the (initial) Fourier frequencies.
+      path: the Gaussian path for ``log_snr`` / ``edm`` (hashable; static).
       out_channels: output channels (default: the input's ``C``).
       dtype, param_dtype: computation and parameter dtypes.
     """
@@ -144,7 +152,11 @@ class UNet(nn.Module):
     num_classes: int | None = None
     num_groups: int = 32
     head_dim: int = 64
+    time_input: str = "t"
     time_embedding: str = "sinusoidal"
+    sinusoidal_scale: float = 1.0
+    fourier_scale: float = 1.0
+    path: Any = None
     out_channels: int | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -155,10 +167,13 @@ class UNet(nn.Module):
         if self.attention_resolutions is not None:
             res = tuple(int(r) for r in self.attention_resolutions)
             object.__setattr__(self, "attention_resolutions", res)
-        if self.time_embedding not in ("sinusoidal", "fourier"):
-            raise ValueError(
-                f"unknown time embedding {self.time_embedding!r}; valid choices are: sinusoidal, fourier"
-            )
+        check_time_options(
+            self.time_input,
+            self.time_embedding,
+            self.path,
+            self.sinusoidal_scale,
+            self.fourier_scale,
+        )
         if self.channels < 1 or not len(self.channel_mults) or min(self.channel_mults) < 1:
             raise ValueError(
                 f"channels and channel_mults must be positive; got {self.channels}, {self.channel_mults}"
@@ -205,7 +220,15 @@ class UNet(nn.Module):
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         emb_dim = 4 * self.channels
 
-        emb = time_features(self.time_embedding, t, self.channels)
+        emb = TimeFeatures(
+            self.time_input,
+            self.time_embedding,
+            self.channels + self.channels % 2,
+            self.sinusoidal_scale,
+            self.fourier_scale,
+            self.path,
+            name="time_features",
+        )(t)
         emb = nn.Dense(emb_dim, name="time_mlp_0", **kw)(emb)
         emb = nn.Dense(emb_dim, name="time_mlp_1", **kw)(nn.silu(emb))
         if self.num_classes is not None:
