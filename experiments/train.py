@@ -261,15 +261,26 @@ def _make_model(cfg: ml_collections.ConfigDict, num_classes: int | None) -> Any:
     mc = cfg.model
     dtype = None if mc.dtype == "float32" else jnp.dtype(mc.dtype)
     _choice(mc.name, ("mlp", "unet"), "model.name")
+    sub = mc.mlp if mc.name == "mlp" else mc.unet
+    _choice(sub.time_input, M.TIME_INPUTS, f"model.{mc.name}.time_input")
+    _choice(sub.time_embedding, M.TIME_EMBEDDINGS, f"model.{mc.name}.time_embedding")
+    # What the network sees as time: log_snr / edm are functions of the path's alpha and beta.
+    time_kw = {
+        "time_input": sub.time_input,
+        "time_embedding": sub.time_embedding,
+        "sinusoidal_scale": sub.sinusoidal_scale,
+        "fourier_scale": sub.fourier_scale,
+    }
+    if sub.time_input != "t":
+        time_kw["path"] = get_path(cfg.path.name, **dict(cfg.path.options))
     if mc.name == "mlp":
         return M.MLP(
             hidden=tuple(mc.mlp.hidden),
             activation=mc.mlp.activation,
-            time_embedding=mc.mlp.time_embedding,
             time_embed_dim=mc.mlp.time_embed_dim,
-            fourier_scale=mc.mlp.fourier_scale,
             num_classes=num_classes,
             dtype=dtype,
+            **time_kw,
         )
     u = mc.unet
     return M.UNet(
@@ -283,8 +294,8 @@ def _make_model(cfg: ml_collections.ConfigDict, num_classes: int | None) -> Any:
         num_classes=num_classes,
         num_groups=u.num_groups,
         head_dim=u.head_dim,
-        time_embedding=u.time_embedding,
         dtype=dtype,
+        **time_kw,
     )
 
 
