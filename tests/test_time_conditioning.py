@@ -194,7 +194,8 @@ def _train_and_count(time_kw, steps=400, seed=0):
         (p, _), _ = jax.lax.scan(body, (params, opt.init(params)), jax.random.split(key, steps))
         return p
 
-    params = run(params, jax.random.PRNGKey(seed + 1))
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int32 counts with floats
+        params = run(params, jax.random.PRNGKey(seed + 1))
     res = fj.sample(
         M.model_fn(model, params),
         path,
@@ -208,9 +209,21 @@ def _train_and_count(time_kw, steps=400, seed=0):
 
 
 def test_default_conditioning_needs_no_more_steps_than_plain_input():
-    """Measured (400 steps, 64x64 MLP, Dopri5 at 1e-4, error_norm max): see the module constants."""
+    """Dopri5 NFE at 1e-4 (max norm) after 400 training steps of a 64x64 MLP.
+
+    Measured (CPU, seed 0): plain [x, t] 43 NFE, sinusoidal of 1000 t 199 (4.6x); about 14 s of
+    CPU time (compilation included). The default
+    must need no more than plain input (25% + 6 evaluations of slack: seed-to-seed spread), and
+    DDPM's embedding must stay far above it (2x), the bug this default fixes.
+    """
+    plain_kw = {"time_embedding": "none", "time_input": "t"}
     default = _train_and_count({})
-    plain = _train_and_count({"time_embedding": "none", "time_input": "t"})
+    if M.MLP(hidden=(64, 64), time_embed_dim=32) == M.MLP(
+        hidden=(64, 64), time_embed_dim=32, **plain_kw
+    ):
+        plain = default  # the default is plain input: the same model, trained once
+    else:
+        plain = _train_and_count(plain_kw)
     ddpm = _train_and_count({"time_embedding": "sinusoidal", "sinusoidal_scale": 1000.0})
     print(f"NFE default {default}, plain {plain}, sinusoidal(1000 t) {ddpm}")
     assert default <= 1.25 * plain + 6, (default, plain)
