@@ -228,3 +228,59 @@ def test_default_conditioning_needs_no_more_steps_than_plain_input():
     print(f"NFE default {default}, plain {plain}, sinusoidal(1000 t) {ddpm}")
     assert default <= 1.25 * plain + 6, (default, plain)
     assert ddpm > 2 * default, (ddpm, default)
+
+
+# ------------------------------------------------------------------ two times (issue 16)
+
+
+@pytest.mark.parametrize("embedding", ["none", "sinusoidal"])
+def test_two_time_models(embedding):
+    """second_time="r": t2 goes through the same time input as t; "d": a raw step size."""
+    path, e = P.CondOT(), 8
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+    t = jnp.array([0.2, 0.4, 0.6, 0.8])
+    t2 = jnp.array([0.1, 0.3, 0.35, 0.7])
+    kw = {"hidden": (16, 16), "time_embedding": embedding, "time_embed_dim": e}
+    r_model = M.MLP(time_input="edm", path=path, second_time="r", **kw)
+    d_model = M.MLP(time_input="edm", path=path, second_time="d", **kw)
+    params = M.init(r_model, jax.random.PRNGKey(1), x)
+    # Exact parameter count: the second time adds one input feature (plain) or e features to the
+    # time MLP's first layer (embedded), nothing else.
+    one = M.count_params(M.init(M.MLP(**kw), jax.random.PRNGKey(1), x))
+    assert M.count_params(params) == one + (16 if embedding == "none" else e * e)
+    out = M.apply(r_model, params, x, t, t2=t2)
+    chex.assert_shape(out, (4, 2))
+    chex.assert_tree_all_finite(out)
+    assert float(jnp.max(jnp.abs(out - M.apply(r_model, params, x, t, t2=t2[::-1])))) > 1e-4
+    # "r" sees c_noise(t2); "d" sees t2 itself: same parameters, same output at c_noise(t2).
+    s2 = M.time_input("edm", t2, path)
+    chex.assert_trees_all_close(out, M.apply(d_model, params, x, t, t2=s2), rtol=1e-5, atol=1e-6)
+    # The loss-facing and sampler-facing forms pass t2 through.
+    chex.assert_trees_all_close(M.make_apply_fn(r_model)(params, x, t, None, t2=t2), out)
+    chex.assert_trees_all_close(M.model_fn(r_model, params)(x, t, t2=t2), out)
+    # U-Net: both feature blocks feed the time MLP.
+    unet = M.UNet(
+        channels=8, channel_mults=(1,), num_res_blocks=1, num_groups=4, head_dim=8,
+        dropout=0.0, time_embedding=embedding, second_time="d",
+    )  # fmt: skip
+    xi = jax.random.normal(jax.random.PRNGKey(2), (4, 4, 4, 1))
+    up = jax.tree.map(lambda p: p + 0.1, M.init(unet, jax.random.PRNGKey(3), xi))
+    chex.assert_shape(up["time_mlp_0"]["kernel"], (2 if embedding == "none" else 16, 32))
+    a, b = M.apply(unet, up, xi, t, t2=t2), M.apply(unet, up, xi, t, t2=t2[::-1])
+    chex.assert_shape(a, xi.shape)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+
+
+def test_two_time_bad_input_names_t2():
+    x, t = jnp.zeros((2, 2)), jnp.array([0.3, 0.6])
+    two = M.MLP(hidden=(8,), second_time="r")
+    params = M.init(two, jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match=r"conditioned on two times.*t2="):
+        M.apply(two, params, x, t)
+    one = M.MLP(hidden=(8,))
+    with pytest.raises(ValueError, match=r"t2 was given but this MLP has one time input"):
+        M.apply(one, M.init(one, jax.random.PRNGKey(0), x), x, t, t2=t)
+    with pytest.raises(ValueError, match=r"t2 must be a scalar or have shape \[B\]"):
+        M.apply(two, params, x, t, t2=jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"unknown second_time 'dt'.*r, d"):
+        M.UNet(second_time="dt")

@@ -36,13 +36,15 @@ __all__ = [
 Dtype = Any
 
 
-def batch_time(t: Any, batch: int) -> Array:
-    """``t`` as float32 ``[B]`` (a scalar is broadcast)."""
-    t = v.as_float_array(t, "t")
+def batch_time(t: Any, batch: int, name: str = "t") -> Array:
+    """``t`` as float32 ``[B]`` (a scalar is broadcast); ``name`` names it in errors."""
+    t = v.as_float_array(t, name)
     if t.ndim == 0:
         t = jnp.broadcast_to(t, (batch,))
     if t.shape != (batch,):
-        raise ValueError(f"t must be a scalar or have shape [B] = ({batch},); got shape {t.shape}")
+        raise ValueError(
+            f"{name} must be a scalar or have shape [B] = ({batch},); got shape {t.shape}"
+        )
     return t.astype(at_least_float32(t.dtype))
 
 

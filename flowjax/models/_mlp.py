@@ -12,7 +12,12 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from flowjax import _validation as v
 from flowjax.models._common import ACTIVATIONS, check_x, expected_features
 from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels
-from flowjax.models._time import TimeFeatures, check_time_options
+from flowjax.models._time import (
+    check_second_time,
+    check_time_options,
+    second_time_argument,
+    two_time_features,
+)
 
 __all__ = ["MLP"]
 
@@ -46,6 +51,8 @@ class MLP(nn.Module):
       sinusoidal_scale: the factor ``c`` of the sinusoidal embedding's input (DDPM: 1000).
       fourier_scale: standard deviation of the (initial) Fourier frequencies.
       path: the Gaussian path, for ``time_input`` ``log_snr`` / ``edm`` (hashable; static).
+      second_time: ``None``, ``"r"`` (a second path time) or ``"d"`` (a step size): the model is
+        then called with ``t2`` ``[B]`` and conditioned on both (two-time objectives).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters are ``param_dtype``.
     """
 
@@ -59,6 +66,7 @@ class MLP(nn.Module):
     sinusoidal_scale: float = 1.0
     fourier_scale: float = 1.0
     path: Any = None
+    second_time: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -79,6 +87,7 @@ class MLP(nn.Module):
             )
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive int or None; got {self.num_classes}")
+        check_second_time(self.second_time)
         super().__post_init__()
 
     @nn.compact
@@ -89,8 +98,12 @@ class MLP(nn.Module):
         label: Int[ArrayLike, " B"] | None = None,
         *,
         train: bool = False,
+        t2: Float[ArrayLike, " B"] | None = None,
     ) -> Float[Array, "B d"]:
-        """Prediction at ``(x, t)``; ``t`` in [0, 1] (scalar or ``[B]``), ``label`` ``[B]`` or None."""
+        """Prediction at ``(x, t)``; ``t`` in [0, 1] (scalar or ``[B]``), ``label`` ``[B]`` or None.
+
+        ``t2`` (``[B]`` or scalar): the second time, required exactly when ``second_time`` is set.
+        """
         del train  # no dropout in the MLP
         x = check_x(x, 2, "[B, d]", "MLP")
         n, d = x.shape
@@ -101,6 +114,7 @@ class MLP(nn.Module):
                 f"shape [B, {expected}]"
             )
         t = batch_time(t, n)
+        t2 = second_time_argument(self.second_time, t2, n, "MLP")
         label = class_labels(label, n, self.num_classes)
         act = ACTIVATIONS[self.activation]
 
@@ -117,15 +131,7 @@ class MLP(nn.Module):
                 name="class_embed",
             )(label, n)
 
-        feats = TimeFeatures(
-            self.time_input,
-            self.time_embedding,
-            self.time_embed_dim,
-            self.sinusoidal_scale,
-            self.fourier_scale,
-            self.path,
-            name="time_features",
-        )(t)
+        feats = two_time_features(self, t, t2, self.time_embed_dim)
         if self.time_embedding == "none":
             cond = feats
             if cls is not None:

@@ -28,6 +28,14 @@ finite derivatives in ``t`` (a JVP in ``t`` at ``t = 0`` gives no NaN).
   ``N(0, fourier_scale^2)`` (learned Fourier features).
 
 ``F = dim`` for the last three.
+
+**A second time** (``second_time``, for two-time objectives: MeanFlow's ``(r, t)``, shortcut
+models' ``(t, d)``): ``None`` (one time), ``"r"`` (a second point of the path: the same
+``time_input`` and embedding as ``t``) or ``"d"`` (a step size in ``[0, 1]``: not a point of the path,
+so its input is ``d`` itself, embedded like ``t``). The model is then called with ``t2=`` ``[B]``
+(or a scalar); the two feature blocks are concatenated, ``[B, 2F]``, before the model's time MLP
+(or, for the plain MLP, appended to its input: ``[x, s(t), s2]``). :func:`two_time_features` is
+the one place both models do this.
 """
 
 from __future__ import annotations
@@ -41,10 +49,11 @@ from jaxtyping import Array, Float
 
 from flowjax import _validation as v
 from flowjax.models._common import TIME_EMBEDDINGS, TIME_INPUTS
-from flowjax.models._embeddings import fourier_embedding, sinusoidal_embedding
+from flowjax.models._embeddings import batch_time, fourier_embedding, sinusoidal_embedding
 
 __all__ = [
     "LOG_SNR_CLIP",
+    "SECOND_TIMES",
     "TIME_EMBEDDINGS",
     "TIME_INPUTS",
     "TimeFeatures",
@@ -55,6 +64,8 @@ __all__ = [
 #: ``|log(alpha / beta)|`` is clipped to this (``sigma`` in ``[e^-15, e^15]``): finite at both ends.
 LOG_SNR_CLIP = 15.0
 _TINY = 1e-30
+#: The second time a model can be conditioned on (``None``: one time).
+SECOND_TIMES: tuple[str, ...] = ("r", "d")
 
 
 def _needs_path(kind: str, path: Any) -> None:
@@ -147,3 +158,48 @@ def check_time_options(
             hash(path)
         except TypeError as err:
             raise TypeError(f"path must be hashable (a static model field): {err}") from None
+
+
+def check_second_time(second_time: Any) -> None:
+    """``second_time`` must be None, ``"r"`` or ``"d"``."""
+    if second_time is not None:
+        v.choice(second_time, SECOND_TIMES, "second_time")
+
+
+def second_time_argument(second_time: Any, t2: Any, batch: int, model: str) -> Any:
+    """Check a model's ``t2`` argument against its ``second_time`` (at trace time, naming both)."""
+    if second_time is None:
+        if t2 is not None:
+            raise ValueError(
+                f"t2 was given but this {model} has one time input (second_time=None); build it "
+                "with second_time='r' (a second path time) or 'd' (a step size)"
+            )
+        return None
+    if t2 is None:
+        raise ValueError(
+            f"this {model} is conditioned on two times (second_time={second_time!r}): call it "
+            "with t2=... (shape [B] or a scalar)"
+        )
+    return batch_time(t2, batch, "t2")
+
+
+def two_time_features(module: nn.Module, t: Array, t2: Array | None, dim: int) -> Array:
+    """Features of ``t`` (and of ``t2`` if the module has ``second_time``), ``[B, F]`` or ``[B, 2F]``.
+
+    ``module`` provides ``time_input``, ``time_embedding``, ``sinusoidal_scale``,
+    ``fourier_scale``, ``path`` and ``second_time``; the submodules are named ``time_features``
+    and ``time2_features`` (``t``'s parameters do not move when a second time is added).
+    """
+    kw = {
+        "embedding": module.time_embedding,
+        "dim": dim,
+        "sinusoidal_scale": module.sinusoidal_scale,
+        "fourier_scale": module.fourier_scale,
+    }
+    feats = TimeFeatures(module.time_input, path=module.path, name="time_features", **kw)(t)
+    if t2 is None:
+        return feats
+    second_input = module.time_input if module.second_time == "r" else "t"
+    # a different seed: the second block's fixed Fourier frequencies differ from the first's
+    feats2 = TimeFeatures(second_input, path=module.path, seed=1, name="time2_features", **kw)(t2)
+    return jnp.concatenate([feats, feats2.astype(feats.dtype)], axis=-1)
