@@ -24,7 +24,7 @@ Run: ``python -m experiments.benchmarks.bench_time_conditioning [--steps 3000] [
 NFE, energy distance and the distance to a 1e-7 reference solve (worst example and RMS).
 ``--unet``: the digits config's U-Net (channels 32, mults (1, 2), one block per level) on dequantized
 8x8 digits, CondOT velocity, batch 128, ``--steps`` steps; pixel-space energy distance to the 297 test
-digits at Euler 8/16/32, Dopri5 NFE at 1e-3 (the digits config's sampler) and 1e-5.
+digits at Euler 8/16/32, Dopri5 NFE at 1e-3 (the digits config's sampler) and 1e-4.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 QUICK = ("sin1000", "none", "sin1", "fourier1")
 #: The digits U-Net's variants (``--unet``): the old default, and the candidates.
-UNET_VARIANTS = ("sin1000", "sin1", "none", "sin_edm", "fourier1")
+UNET_VARIANTS = ("sin1000", "sin1", "none")
 #: The digits config's U-Net (experiments/configs/digits.py).
 DIGITS_UNET = {"channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1, "num_groups": 8}
 
@@ -130,7 +130,7 @@ def train_unet(variant: dict[str, Any], steps: int, path, seed: int = 0):
 
 
 def evaluate_unet(model, params, path, n: int = 297) -> dict[str, Any]:
-    """Pixel-space energy distance to the 297 test digits; Dopri5 NFE at 1e-3 (digits config), 1e-5."""
+    """Pixel-space energy distance to the 297 test digits; Dopri5 NFE at 1e-3 (digits config), 1e-4."""
     test = fj.data.get_dataset("digits", split="test")
     data = jnp.asarray(next(fj.data.make_iterator(test, global_batch_size=n, seed=0))["x"])
     fn = models.model_fn(model, params)
@@ -146,7 +146,7 @@ def evaluate_unet(model, params, path, n: int = 297) -> dict[str, Any]:
     for name, t, norm in (
         ("dopri5_1e-3_max", 1e-3, "max"),
         ("dopri5_1e-3_rms", 1e-3, "rms"),
-        ("dopri5_1e-5_rms", 1e-5, "rms"),
+        ("dopri5_1e-4_rms", 1e-4, "rms"),
     ):
         ad = Adaptive(rtol=t, atol=t, error_norm=norm)
         res = fj.sample(fn, path, key, (n, 8, 8, 1), solver="dopri5", adaptive=ad)
@@ -157,7 +157,7 @@ def evaluate_unet(model, params, path, n: int = 297) -> dict[str, Any]:
 def unet_table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| conditioning | loss | Euler 8 | Euler 16 | Euler 32 | Dopri5 1e-3 max: NFE / energy "
-        "| Dopri5 1e-3 rms | Dopri5 1e-5 rms | train s |",
+        "| Dopri5 1e-3 rms | Dopri5 1e-4 rms | train s |",
         "|" + "---|" * 9,
     ]
     for name, r in results.items():
