@@ -3,6 +3,7 @@ parameter counts, the pytree boundary (init / apply / model_fn), and bad input."
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,7 +55,7 @@ def unet():
 # ------------------------------------------------------------------ MLP
 
 
-@pytest.mark.parametrize("time_embedding", ["sinusoidal", "fourier", "none"])
+@pytest.mark.parametrize("time_embedding", ["sinusoidal", "fourier", "learned", "none"])
 @pytest.mark.parametrize("num_classes", [None, 3])
 def test_mlp_shapes_and_conditioning(time_embedding, num_classes):
     model = M.MLP(
@@ -97,6 +98,9 @@ def test_mlp_parameter_counts_match_closed_form():
     # Fourier frequencies are constants, not parameters.
     four = M.MLP(hidden=(h1, h2), time_embedding="fourier", time_embed_dim=e)
     assert M.count_params(shapes_of_init(four, (1, d))) == n_emb
+    # Learned Fourier features: e/2 trainable frequencies more.
+    learned = M.MLP(hidden=(h1, h2), time_embedding="learned", time_embed_dim=e)
+    assert M.count_params(shapes_of_init(learned, (1, d))) == n_emb + e // 2
 
 
 # ------------------------------------------------------------------ U-Net
@@ -124,25 +128,88 @@ def test_unet_output_shapes(size, channels):
     )
 
 
+def unet_param_count(c_in, channels, mults, blocks, num_classes, *, attn_levels=None, emb_in=None):
+    """The U-Net's parameter count written out from its docstring (not from the module's code).
+
+    ``attn_levels``: levels with attention (default: all but the first); the middle always has it.
+    ``emb_in``: width of the time features (``channels``; 1 for ``time_embedding="none"``).
+    """
+    emb = 4 * channels
+    emb_in = channels if emb_in is None else emb_in
+    attn_levels = set(range(1, len(mults))) if attn_levels is None else set(attn_levels)
+
+    def dense(a, b):
+        return a * b + b
+
+    def conv3(a, b):
+        return 9 * a * b + b
+
+    def res(a, b):  # GN, conv, ada (scale+shift), GN, conv, 1x1 skip when widths differ
+        return (
+            2 * a
+            + conv3(a, b)
+            + dense(emb, 2 * b)
+            + 2 * b
+            + conv3(b, b)
+            + (dense(a, b) if a != b else 0)
+        )
+
+    def attn(c):  # GN, qkv, output projection
+        return 2 * c + dense(c, 3 * c) + dense(c, c)
+
+    n = dense(emb_in, emb) + dense(emb, emb)  # the time MLP
+    n += (num_classes + 1) * emb if num_classes else 0
+    n += conv3(c_in, channels)
+    skips, h = [channels], channels
+    for level, m in enumerate(mults):
+        for _ in range(blocks):
+            n += res(h, channels * m) + (attn(channels * m) if level in attn_levels else 0)
+            h = channels * m
+            skips.append(h)
+        if level != len(mults) - 1:
+            n += conv3(h, h)
+            skips.append(h)
+    n += 2 * res(h, h) + attn(h)
+    for level in reversed(range(len(mults))):
+        ch = channels * mults[level]
+        for _ in range(blocks + 1):
+            n += res(h + skips.pop(), ch) + (attn(ch) if level in attn_levels else 0)
+            h = ch
+        if level != 0:
+            n += conv3(ch, ch)
+    return n + 2 * h + conv3(h, c_in)  # GroupNorm and conv_out
+
+
 def test_unet_parameter_counts():
     model = M.UNet(num_classes=10, **SMALL_UNET)
     counts = {
         hw_c: M.count_params(shapes_of_init(model, (1, hw_c[0], hw_c[0], hw_c[1])))
         for hw_c in IMAGE_SIZES
     }
-    # Convolutions and attention do not depend on the image size; input/output channels enter
-    # conv_in (3x3xCx8 kernel) and conv_out (3x3x8xC kernel + C biases) only.
-    assert counts[(8, 1)] == counts[(28, 1)] and counts[(16, 3)] == counts[(32, 3)]
-    ch = SMALL_UNET["channels"]
-    assert counts[(16, 3)] - counts[(8, 1)] == 2 * (9 * ch * 2) + 2
-    # Doubling every width roughly quadruples the count (all but biases/norms scale as width^2).
+    small = (SMALL_UNET["channels"], SMALL_UNET["channel_mults"], SMALL_UNET["num_res_blocks"])
+    for (_, c), count in counts.items():  # convolutions and attention ignore the image size
+        assert count == unet_param_count(c, *small, 10), (c, count)
+    # Doubling every width: exact count again (the old check allowed a 3.5-4x ratio).
     wide = M.UNet(num_classes=10, **{**SMALL_UNET, "channels": 16})
-    ratio = M.count_params(shapes_of_init(wide, (1, 8, 8, 1))) / counts[(8, 1)]
-    assert 3.5 < ratio < 4.0
-    # Reported: the default CIFAR-10-sized U-Net (channels 64, mults (1, 2, 2), 2 blocks).
+    assert M.count_params(shapes_of_init(wide, (1, 8, 8, 1))) == unet_param_count(
+        1, 16, (1, 2), 1, 10
+    )
+    # The default CIFAR-10-sized U-Net (channels 64, mults (1, 2, 2), 2 blocks), exactly.
     default = M.count_params(shapes_of_init(M.UNet(num_classes=10), (1, 32, 32, 3)))
     print(f"default UNet (32x32x3, 10 classes): {default:,} parameters")
-    assert 5e6 < default < 2e7
+    assert default == unet_param_count(3, 64, (1, 2, 2), 2, 10)
+    # Plain time input: the time MLP reads one feature; learned Fourier adds channels/2 frequencies.
+    for emb, extra in (("none", 0), ("learned", SMALL_UNET["channels"] // 2)):
+        other = M.UNet(num_classes=10, **{**SMALL_UNET, "time_embedding": emb})
+        emb_in = 1 if emb == "none" else None
+        assert M.count_params(shapes_of_init(other, (1, 8, 8, 1))) == extra + unet_param_count(
+            1, *small, 10, emb_in=emb_in
+        )
+    # DDPM's explicit attention list: attention at height 16 of a 32x32 input is level 1.
+    ddpm = M.UNet(attention_resolutions=(16,), **SMALL_UNET)
+    assert M.count_params(shapes_of_init(ddpm, (1, 32, 32, 3))) == unet_param_count(
+        3, *small, None, attn_levels={1}
+    )
     summary = M.summary(model, shapes_of_init(model, (1, 8, 8, 1)))
     assert f"{counts[(8, 1)]:,} parameters" in summary and "conv_in" in summary
 
@@ -249,16 +316,21 @@ def test_init_is_deterministic():
 
 def test_embeddings():
     t = jnp.array([0.0, 0.25, 1.0])
-    emb = M.sinusoidal_embedding(t, 8)
     freqs = np.exp(-np.log(10000.0) * np.arange(4) / 4)
-    args = 1000.0 * np.asarray(t)[:, None] * freqs[None]
-    np.testing.assert_allclose(
-        emb, np.concatenate([np.cos(args), np.sin(args)], 1), rtol=1e-5, atol=1e-4
-    )
+    for scale in (1.0, 1000.0):  # 1 is the default; DDPM's integer steps were t * 1000
+        kw = {} if scale == 1.0 else {"scale": scale}
+        args = scale * np.asarray(t)[:, None] * freqs[None]
+        chex.assert_trees_all_close(
+            M.sinusoidal_embedding(t, 8, **kw),
+            np.concatenate([np.cos(args), np.sin(args)], 1).astype(np.float32),
+            rtol=1e-5,
+            atol=1e-4,
+        )
     f0, f1 = M.fourier_embedding(t, 8, seed=0), M.fourier_embedding(t, 8, seed=1)
     np.testing.assert_array_equal(f0, M.fourier_embedding(t, 8, seed=0))
-    assert f0.shape == (3, 8) and not np.allclose(f0, f1)
-    np.testing.assert_allclose(f0[:, :4] ** 2 + f0[:, 4:] ** 2, 1.0, rtol=1e-5)
+    chex.assert_shape(f0, (3, 8))
+    assert not np.allclose(f0, f1)
+    chex.assert_trees_all_close(f0[:, :4] ** 2 + f0[:, 4:] ** 2, jnp.ones((3, 4)), rtol=1e-5)
     ce = M.ClassEmbedding(num_classes=5, dim=4)
     p = ce.init(jax.random.PRNGKey(0), None, 2)
     assert p["params"]["Embed_0"]["embedding"].shape == (6, 4)  # 5 classes + the null class
@@ -299,11 +371,11 @@ def test_bad_input_raises_naming_the_problem(unet):
     ):
         M.MLP(activation="swish")
     with pytest.raises(
-        ValueError, match=r"unknown time embedding 'learned'.*sinusoidal, fourier, none"
+        ValueError, match=r"unknown time embedding 'random'.*none, sinusoidal, fourier, learned"
     ):
-        M.MLP(time_embedding="learned")
-    with pytest.raises(ValueError, match="sinusoidal, fourier"):
-        M.UNet(time_embedding="none")
+        M.MLP(time_embedding="random")
+    with pytest.raises(ValueError, match=r"time_input='log_snr' needs the model's path"):
+        M.UNet(time_input="log_snr")
     with pytest.raises(TypeError, match=r"flax\.linen Module"):
         M.init(lambda x: x, jax.random.PRNGKey(0), x)
 

@@ -11,6 +11,7 @@
 from flowjax.losses._conditioning import check_labels, drop_labels, null_labels
 from flowjax.losses._coupling import COUPLINGS, couple, ot_pairing, sinkhorn_pairing
 from flowjax.losses._make_loss import ApplyFn, LossFn, make_loss
+from flowjax.losses._meanflow import make_meanflow_loss, meanflow_target, sample_two_times
 from flowjax.losses._objectives import (
     LOSSES,
     REDUCTIONS,
@@ -54,10 +55,13 @@ __all__ = [
     "logit_normal_time",
     "loss_weight",
     "make_loss",
+    "make_meanflow_loss",
+    "meanflow_target",
     "null_labels",
     "ot_pairing",
     "prediction_loss",
     "sample_time",
+    "sample_two_times",
     "sinkhorn_pairing",
     "snr",
     "squared_error",

@@ -48,9 +48,11 @@ def init(
     x_example = v.require_floating(x_example, "x_example")
     v.require_batched(x_example, "x_example", 2)
     t = jnp.zeros((x_example.shape[0],), at_least_float32(x_example.dtype))
+    # Two-time models (second_time="r" / "d") are initialised with a second time as well.
+    t2_kw = {"t2": t} if getattr(model, "second_time", None) is not None else {}
 
     def init_fn(k, x, t, lab):
-        return model.init({"params": k}, x, t, lab, train=False)["params"]
+        return model.init({"params": k}, x, t, lab, train=False, **t2_kw)["params"]
 
     if not all(v.is_concrete(a) for a in jax.tree.leaves((key, x_example, label_example))):
         return init_fn(key, x_example, t, label_example)  # inside jit / eval_shape: just trace
@@ -95,8 +97,12 @@ def apply(
     *,
     train: bool = False,
     key: PRNGKeyArray | None = None,
+    t2: Float[ArrayLike, " B"] | None = None,
 ) -> Float[Array, "B ..."]:
-    """``model``'s prediction; ``train=True`` turns dropout on and then needs ``key``."""
+    """``model``'s prediction; ``train=True`` turns dropout on and then needs ``key``.
+
+    ``t2``: the second time of a two-time model (``second_time="r"`` or ``"d"``); omitted otherwise.
+    """
     _require_module(model)
     rngs = {}
     if train and getattr(model, "dropout", 0.0):
@@ -105,11 +111,15 @@ def apply(
                 f"train=True on a model with dropout={model.dropout} needs a dropout key (key=...)"
             )
         rngs = {"dropout": key}
-    return model.apply({"params": params}, x, t, label, train=train, rngs=rngs)
+    t2_kw = {} if t2 is None else {"t2": t2}
+    return model.apply({"params": params}, x, t, label, train=train, rngs=rngs, **t2_kw)
 
 
 def make_apply_fn(model: nn.Module):
-    """``apply_fn(params, x, t, label, *, train, key)``, the form :func:`flowjax.losses.make_loss` takes."""
+    """``apply_fn(params, x, t, label, *, train, key, t2=None)``, the form :func:`flowjax.losses.make_loss` takes.
+
+    ``t2`` is passed on only when given (two-time models, two-time objectives).
+    """
     _require_module(model)
 
     def apply_fn(
@@ -120,8 +130,9 @@ def make_apply_fn(model: nn.Module):
         *,
         train: bool = False,
         key: PRNGKeyArray | None = None,
+        t2: Array | None = None,
     ) -> Array:
-        return apply(model, params, x, t, label, train=train, key=key)
+        return apply(model, params, x, t, label, train=train, key=key, t2=t2)
 
     apply_fn.model = model  # type: ignore[attr-defined]
     return apply_fn
@@ -143,9 +154,12 @@ class ModelFn(eqx.Module):
         x: Float[ArrayLike, "B ..."],
         t: Float[ArrayLike, " B"],
         label: Int[ArrayLike, " B"] | None = None,
+        *,
+        t2: Float[ArrayLike, " B"] | None = None,
     ) -> Float[Array, "B ..."]:
-        """The prediction at ``(x, t)`` in evaluation mode (no dropout)."""
-        return self.model.apply({"params": self.params}, x, t, label, train=False)
+        """The prediction at ``(x, t)`` in evaluation mode (no dropout); ``t2``: two-time models."""
+        t2_kw = {} if t2 is None else {"t2": t2}
+        return self.model.apply({"params": self.params}, x, t, label, train=False, **t2_kw)
 
 
 def model_fn(model: nn.Module, params: PyTree) -> ModelFn:

@@ -32,7 +32,9 @@ class Classifier(nn.Module):
     Attributes:
       num_classes: number of classes ``K``.
       hidden: widths of the MLP's hidden layers.
-      activation, time_embedding, time_embed_dim, fourier_scale: as in :class:`MLP`.
+      activation, time_embedding, time_embed_dim, sinusoidal_scale, fourier_scale: as in
+        :class:`MLP` (the classifier keeps its earlier defaults: sinusoidal features of ``1000 t``;
+        it is not integrated by an ODE solver, so its smoothness in ``t`` costs no evaluations).
       dtype, param_dtype: computation and parameter dtypes.
 
     The batch rows are independent (no normalisation across the batch), so the gradient of the
@@ -44,6 +46,7 @@ class Classifier(nn.Module):
     activation: str = "silu"
     time_embedding: str = "sinusoidal"
     time_embed_dim: int = 64
+    sinusoidal_scale: float = 1000.0
     fourier_scale: float = 16.0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -79,6 +82,7 @@ class Classifier(nn.Module):
             time_embedding=self.time_embedding,
             time_embed_dim=self.time_embed_dim,
             out_dim=self.num_classes,
+            sinusoidal_scale=self.sinusoidal_scale,
             fourier_scale=self.fourier_scale,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -18,7 +18,10 @@ ACTIVATIONS = {
     "softplus": nn.softplus,
 }
 
-TIME_EMBEDDINGS: tuple[str, ...] = ("sinusoidal", "fourier", "none")
+#: What the network sees as time (see :mod:`flowjax.models._time`).
+TIME_INPUTS: tuple[str, ...] = ("t", "log_snr", "edm")
+#: How that scalar is embedded (see :mod:`flowjax.models._time`).
+TIME_EMBEDDINGS: tuple[str, ...] = ("none", "sinusoidal", "fourier", "learned")
 
 
 def at_least_float32(dtype: Any) -> jnp.dtype:

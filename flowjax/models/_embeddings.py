@@ -1,8 +1,10 @@
 """Time and class embeddings shared by the models.
 
-Time ``t`` in ``[0, 1]`` (noise at 0, data at 1) is embedded either by fixed sinusoids (Vaswani et
-al., as in DDPM, with ``t`` scaled by ``scale = 1000`` so the frequencies match integer diffusion
-steps) or by random Fourier features (Tancik et al.; score SDE's ``GaussianFourierProjection``).
+A scalar time input ``s`` (``[B]``; what it is, ``t``, a log-SNR transform or EDM's ``c_noise``, is
+decided in :mod:`flowjax.models._time`) is embedded either by fixed sinusoids (Vaswani et al.; DDPM
+scaled integer steps, ``scale = 1000`` on ``t`` in ``[0, 1]``, which makes the learned field oscillate
+in ``t``: the default here is ``scale = 1``) or by random Fourier features (Tancik et al.; score
+SDE's ``GaussianFourierProjection``).
 The Fourier frequencies are a fixed function of a seed, not parameters: an optimiser's weight
 decay cannot move them, and they need no separate variable collection.
 
@@ -34,18 +36,20 @@ __all__ = [
 Dtype = Any
 
 
-def batch_time(t: Any, batch: int) -> Array:
-    """``t`` as float32 ``[B]`` (a scalar is broadcast)."""
-    t = v.as_float_array(t, "t")
+def batch_time(t: Any, batch: int, name: str = "t") -> Array:
+    """``t`` as float32 ``[B]`` (a scalar is broadcast); ``name`` names it in errors."""
+    t = v.as_float_array(t, name)
     if t.ndim == 0:
         t = jnp.broadcast_to(t, (batch,))
     if t.shape != (batch,):
-        raise ValueError(f"t must be a scalar or have shape [B] = ({batch},); got shape {t.shape}")
+        raise ValueError(
+            f"{name} must be a scalar or have shape [B] = ({batch},); got shape {t.shape}"
+        )
     return t.astype(at_least_float32(t.dtype))
 
 
 def sinusoidal_embedding(
-    t: Float[ArrayLike, " B"], dim: int, *, scale: float = 1000.0, max_period: float = 10000.0
+    t: Float[ArrayLike, " B"], dim: int, *, scale: float = 1.0, max_period: float = 10000.0
 ) -> Float[Array, "B dim"]:
     """``[cos(scale t f_k), sin(scale t f_k)]`` with ``f_k = max_period^(-k / (dim/2))``; ``dim`` even."""
     if dim < 2 or dim % 2:
@@ -73,7 +77,7 @@ class SinusoidalEmbedding(nn.Module):
     """Fixed sinusoidal embedding of ``t`` (``[B]`` in [0, 1]) into ``[B, dim]`` (float32)."""
 
     dim: int
-    scale: float = 1000.0
+    scale: float = 1.0
     max_period: float = 10000.0
 
     @nn.compact
@@ -147,11 +151,3 @@ class ClassEmbedding(nn.Module):
             embedding_init=nn.initializers.normal(1.0),
         )
         return embed(label)
-
-
-def time_features(kind: str, t: Array, dim: int, *, fourier_scale: float = 16.0) -> Array:
-    """The fixed embedding of ``t`` (``[B]``) named ``kind`` (``sinusoidal`` or ``fourier``), float32."""
-    v.choice(kind, ("sinusoidal", "fourier"), "time embedding")
-    if kind == "sinusoidal":
-        return sinusoidal_embedding(t, dim)
-    return fourier_embedding(t, dim, scale=fourier_scale)

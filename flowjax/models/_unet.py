@@ -32,7 +32,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from flowjax.models._common import at_least_float32, check_x, expected_features
-from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels, time_features
+from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels
+from flowjax.models._time import (
+    check_second_time,
+    check_time_options,
+    second_time_argument,
+    two_time_features,
+)
 
 __all__ = ["AttentionBlock", "ResBlock", "UNet"]
 
@@ -131,7 +137,16 @@ class UNet(nn.Module):
       num_classes: ``K`` for class conditioning (``K + 1`` embeddings, ``K`` the null label).
       num_groups: GroupNorm groups (reduced to the largest divisor of each width).
       head_dim: channels per attention head (``max(1, C // head_dim)`` heads).
-      time_embedding: ``sinusoidal`` or ``fourier``.
+      time_input: what the network sees as time, ``t``, ``log_snr`` or ``edm`` (the last two need
+        ``path``); see :mod:`flowjax.models._time`.
+      time_embedding: ``none`` (the scalar input feeds the time MLP), ``sinusoidal``, ``fourier``
+        or ``learned``; features of width ``channels`` go through a two-layer MLP of width
+        ``4 * channels`` (plus the class embedding) to every block's scale/shift.
+      sinusoidal_scale: the factor ``c`` of the sinusoidal embedding's input (DDPM: 1000).
+      fourier_scale: standard deviation of the (initial) Fourier frequencies.
+      path: the Gaussian path for ``log_snr`` / ``edm`` (hashable; static).
+      second_time: ``None``, ``"r"`` (a second path time) or ``"d"`` (a step size): the model is
+        then called with ``t2`` ``[B]``; both feature blocks feed the time MLP.
       out_channels: output channels (default: the input's ``C``).
       dtype, param_dtype: computation and parameter dtypes.
     """
@@ -144,7 +159,12 @@ class UNet(nn.Module):
     num_classes: int | None = None
     num_groups: int = 32
     head_dim: int = 64
+    time_input: str = "t"
     time_embedding: str = "sinusoidal"
+    sinusoidal_scale: float = 1.0
+    fourier_scale: float = 1.0
+    path: Any = None
+    second_time: str | None = None
     out_channels: int | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -155,10 +175,13 @@ class UNet(nn.Module):
         if self.attention_resolutions is not None:
             res = tuple(int(r) for r in self.attention_resolutions)
             object.__setattr__(self, "attention_resolutions", res)
-        if self.time_embedding not in ("sinusoidal", "fourier"):
-            raise ValueError(
-                f"unknown time embedding {self.time_embedding!r}; valid choices are: sinusoidal, fourier"
-            )
+        check_time_options(
+            self.time_input,
+            self.time_embedding,
+            self.path,
+            self.sinusoidal_scale,
+            self.fourier_scale,
+        )
         if self.channels < 1 or not len(self.channel_mults) or min(self.channel_mults) < 1:
             raise ValueError(
                 f"channels and channel_mults must be positive; got {self.channels}, {self.channel_mults}"
@@ -169,6 +192,7 @@ class UNet(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1); got {self.dropout}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive int or None; got {self.num_classes}")
+        check_second_time(self.second_time)
         super().__post_init__()
 
     def _attend(self, level: int, height: int) -> bool:
@@ -184,8 +208,12 @@ class UNet(nn.Module):
         label: Int[ArrayLike, " B"] | None = None,
         *,
         train: bool = False,
+        t2: Float[ArrayLike, " B"] | None = None,
     ) -> Float[Array, "B H W C"]:
-        """Prediction at ``(x, t)``; ``t`` in [0, 1] (scalar or ``[B]``), ``label`` ``[B]`` or None."""
+        """Prediction at ``(x, t)``; ``t`` in [0, 1] (scalar or ``[B]``), ``label`` ``[B]`` or None.
+
+        ``t2`` (``[B]`` or scalar): the second time, required exactly when ``second_time`` is set.
+        """
         x = check_x(x, 4, "[B, H, W, C]", "UNet")
         n, height, width, c = x.shape
         expected = expected_features(self, "conv_in", -2)
@@ -201,11 +229,12 @@ class UNet(nn.Module):
                 f"= {factor} for channel_mults={tuple(self.channel_mults)}"
             )
         t = batch_time(t, n)
+        t2 = second_time_argument(self.second_time, t2, n, "UNet")
         label = class_labels(label, n, self.num_classes)
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         emb_dim = 4 * self.channels
 
-        emb = time_features(self.time_embedding, t, self.channels)
+        emb = two_time_features(self, t, t2, self.channels + self.channels % 2)
         emb = nn.Dense(emb_dim, name="time_mlp_0", **kw)(emb)
         emb = nn.Dense(emb_dim, name="time_mlp_1", **kw)(nn.silu(emb))
         if self.num_classes is not None:
