@@ -14,6 +14,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -323,3 +324,43 @@ def test_state_fingerprint_is_the_crc_of_each_whole_array():
     assert fp == [crc32(np.asarray(x)) for x in jax.tree.leaves(state)]
     # one device: each array is one shard, keyed by its full index
     assert [list(array_checksums(x).values()) for x in jax.tree.leaves(state)] == [[f] for f in fp]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints dropped by max_to_keep
+
+
+def test_dropped_checkpoints_are_renamed_aside_before_they_are_deleted(tmp_path, monkeypatch):
+    """Found by tests/test_chaos.py: a run killed while orbax deleted a checkpoint dropped by
+    ``max_to_keep`` (a recursive delete, file by file) left a step directory without its ``meta``
+    item, which ``all_steps`` listed and ``restore`` refused as corrupt. Now the step directory is
+    renamed into ``deleted/`` (atomic) and removed from there: here the process "dies" before
+    and during that removal, and what is left never lists as a checkpoint."""
+    state, step = build()
+    it = ToyIterator(16)
+    saved = {}
+    monkeypatch.setattr(T.Checkpointer, "_purge", lambda self, background=False: None)  # killed
+    with T.Checkpointer(tmp_path, async_save=False, max_to_keep=2) as ck:
+        for _ in range(4):
+            state, _ = step(state, next(it))
+            ck.save(state, data_state=it.get_state())
+            saved[int(state.step)] = jax.device_get(state)
+        assert ck.all_steps() == [3, 4]
+    steps = sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit())
+    assert steps == ["3", "4"]
+    dropped = tmp_path / "deleted"
+    assert sorted(p.name for p in dropped.iterdir()) == ["1", "2"]  # whole, out of the listing
+    items = sorted(p.name for p in (tmp_path / "3").iterdir())
+    assert sorted(p.name for p in (dropped / "1").iterdir()) == items and "meta" in items
+    for f in sorted((dropped / "1").rglob("*"))[::2]:  # killed half-way through removing step 1
+        if f.is_file():
+            f.unlink()
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no checkpoint is refused
+        with T.Checkpointer(tmp_path, max_to_keep=2) as ck:
+            assert not dropped.exists() or not any(dropped.iterdir())  # purged at start
+            assert ck.all_steps() == [3, 4]
+            for s in (3, 4):
+                r = ck.restore(T.abstract_state(state), step=s)
+                chex.assert_trees_all_equal(jax.device_get(r.state), saved[s])
