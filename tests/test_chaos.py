@@ -297,8 +297,13 @@ def _abstract(cfg, workdir: Path):
     from experiments import train as xt
     from flowjax import models as M
 
+    try:  # experiments' layout after issue 18 (layout branch); before it, a private helper
+        from experiments.experiment import example_inputs
+    except ImportError:
+        example_inputs = xt._example_inputs
+
     exp = xt.setup(cfg, workdir)
-    x, label = xt._example_inputs(exp)
+    x, label = example_inputs(exp)
 
     def make(key):
         params = M.init(exp.model, key, x, label_example=label)

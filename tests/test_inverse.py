@@ -4,7 +4,7 @@ Ground truth: for a Gaussian-mixture prior and ``y = A x1 + n`` the posterior is
 :meth:`GaussianMixture.posterior`; its samples are exact. Energy distances pass below ``m + 4 s`` of
 the finite-sample floor (keys fixed). For the approximate methods the error against the exact
 posterior is measured and printed (run with ``-s``; also attached with ``record_property``), and
-checked to be finite and far better than the prior's.
+checked against a bound derived from replicates (see ``APPROXIMATE``).
 """
 
 from collections.abc import Callable
@@ -227,10 +227,28 @@ def test_pigdm_is_exact_for_a_gaussian_prior(x64):
     assert float(jnp.max(jnp.abs(call(dps, x, t) - call(exact, x, t)))) > 1e-2
 
 
+# The energy distance of DPS and PiGDM (N = 2000 samples each) to the exact posterior: the mean
+# and standard deviation over 8 replicates, each with its own keys (PRNGKey(1000 + r) split into
+# the method's key and the exact posterior's; not the test's keys), measured on CPU in float32
+# with the samplers of the test below. The estimator is a U-statistic, asymptotically normal with
+# a spread of order 1/sqrt(N) when the two laws differ, so the test's value (one more draw of the
+# same statistic) lies below mean + 4 sd sqrt(1 + 1/8) (a 4-sigma prediction interval for a new
+# draw given the replicates' mean and sd) unless the method or the samplers changed. DPS and
+# PiGDM-ODE's approximation errors are far above the finite-sample floor (m + 4 s = 0.011);
+# PiGDM with the reverse SDE is within it.
+APPROXIMATE = {  # name: (mean, sd) over the replicates
+    "dps_ode": (0.3179, 0.0132),
+    "dps_sde": (0.0195, 0.0055),
+    "pigdm_ode": (0.0867, 0.0076),
+    "pigdm_sde": (0.0054, 0.0048),
+}
+REPLICATES = 8
+
+
 def test_approximate_posteriors_against_the_exact_one(ring_posterior, record_property):
     """DPS and PiGDM on the 8-Gaussians ring observed through x[0] = 2 (noise 0.5), sampled with
     the probability-flow ODE and with the reverse SDE: their energy distance to the exact posterior
-    is recorded, and must be finite and far below the prior's."""
+    is recorded, and must lie below the bound derived from replicates (``APPROXIMATE``)."""
     _, tol, ref, prior_err = ring_posterior
     path, mix, op = fj.CondOT(), eight_gaussians(), first_coordinate()
     prior = mix.model_fn(path)
@@ -251,8 +269,11 @@ def test_approximate_posteriors_against_the_exact_one(ring_posterior, record_pro
           {k: round(val, 4) for k, val in errs.items()})  # fmt: skip
     for k, val in errs.items():
         record_property(f"energy_distance_{k}", val)
-        assert np.isfinite(val), k
-        assert val < 0.25 * prior_err, (k, val, prior_err)
+        mean, sd = APPROXIMATE[k]
+        bound = mean + 4 * sd * np.sqrt(1 + 1 / REPLICATES)
+        assert np.isfinite(val) and val < bound, (k, val, bound)
+    # the bounds are tight compared with what they guard: the prior is far further away
+    assert max(m + 4 * sd for m, sd in APPROXIMATE.values()) < 0.5 * prior_err, prior_err
     # the stochastic sampler corrects most of the approximation error of both methods
     assert errs["pigdm_sde"] < errs["pigdm_ode"] and errs["dps_sde"] < errs["dps_ode"]
 
