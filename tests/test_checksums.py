@@ -237,11 +237,12 @@ def _check_damage(tmp_path: Path, positions: int) -> tuple[int, int]:
     abstract = T.abstract_state(state)
     files = _files(pristine / "4")
     assert any(f.startswith("state/") for f in files) and "checksums/process_0.json" in files
-    tried = fell_back = 0
+    tried = fell_back = expected = 0
     for rel in files:
         data = (pristine / "4" / rel).read_bytes()
         if not data:
             continue
+        expected += len(_damages(len(data), positions))
         for name, damage in _damages(len(data), positions):
             work = tmp_path / "work"
             shutil.rmtree(work, ignore_errors=True)
@@ -263,18 +264,20 @@ def _check_damage(tmp_path: Path, positions: int) -> tuple[int, int]:
             else:  # harmless: orbax's bookkeeping, or bytes of a data file that are never read
                 assert not rel.startswith(OURS), what
             tried += 1
+    # every damage of every file was tried (orbax writes a varying number of data files: 19-20)
+    assert tried == expected and len(files) >= 15, (tried, expected, files)
     return tried, fell_back
 
 
 def test_damaged_checkpoint_files_are_refused_and_restore_falls_back(tmp_path):
     tried, fell_back = _check_damage(tmp_path, positions=1)
-    assert tried >= 40 and fell_back > 0, (tried, fell_back)
+    assert tried >= 30 and fell_back > 0, (tried, fell_back)
 
 
 @pytest.mark.slow
 def test_damaged_checkpoint_files_at_many_offsets(tmp_path):
     tried, fell_back = _check_damage(tmp_path, positions=24)
-    assert tried >= 500 and fell_back > 0, (tried, fell_back)
+    assert tried >= 400 and fell_back > 0, (tried, fell_back)
 
 
 def test_a_readable_state_with_wrong_contents_is_refused(tmp_path):
