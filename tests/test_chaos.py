@@ -3,10 +3,10 @@
 The driver (this test) runs ``experiments.main --mode=train`` (a tiny config: 8 Gaussians, a
 32x32 MLP, 200 steps of batch 64, a checkpoint every 10 steps, the three newest kept, one log line
 per step) and kills it at random moments of three kinds in turn, each timed by polling the run's
-log and checkpoint directory (no fixed sleeps):
+log and checkpoint directory (2 ms), then a random delay:
 
-* ``restore``: after the run's "training" line and before its first step: restoring the newest
-  checkpoint and loading the compiled step;
+* ``restore``: 0-0.3 s after the run's "training" line, counted as such only if no step was
+  logged yet: restoring the newest checkpoint and loading the compiled step;
 * ``write``: while an asynchronous checkpoint is being written (orbax's temporary directory of a
   new step exists; a random delay covers writing, finalising and deleting the oldest checkpoint);
 * ``step``: while it steps with no checkpoint being written.
