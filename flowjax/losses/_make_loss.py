@@ -137,6 +137,10 @@ def make_loss(
         x1 = v.require_floating(batch["x"], 'batch["x"]')
         v.require_batched(x1, 'batch["x"]', 2)
         n = x1.shape[0]
+        if n == 0:
+            raise ValueError(
+                f'batch["x"] is empty (shape {x1.shape}); the loss needs at least one example'
+            )
         k_t, k_eps, k_pair, k_drop, k_model = jax.random.split(key, 5)
 
         label = None
