@@ -132,17 +132,6 @@ KNOWN = {
     "sample_nan_x_start",
     # sample() with a rank-1 shape names "x" (an internal name), not shape. Request R4 (solvers).
     "sample_rank1_shape_names_x",
-    # get_dataset with a name that is not a valid tfds builder name ("", "eight gaussians") gives
-    # tfds's "Parsing builder name string ... failed" instead of the unknown-data-set error with
-    # the list of built-in sets. Request R5 (flowjax/data).
-    "get_dataset_unparsable_name",
-    # experiments' config (request R6, layout: experiments/train.py; lr: flowjax/training
-    # make_optimizer): the values in CONFIG_KNOWN are accepted or rejected without the key.
-    "config_checks_missing",
-    # convert() with a float32 t and float16 values raises TypePromotionError under strict
-    # promotion (the tests' setting) where paths now compute in the promoted dtype (a07151d).
-    # Request R7 (flowjax/parameterization.py).
-    "convert_t_dtype_strict",
 }
 CONFIG_KNOWN = {
     ("training.num_steps", None): "TypeError '<' not supported (None passes the type check)",
@@ -155,8 +144,10 @@ CONFIG_KNOWN = {
     ("model.dtype", "float8"): "TypeError \"data type 'float8' not understood\"",
     ("model.dtype", "int32"): "accepted",
 }
-# fixed: R1 (convert at a singular end of the path raises naming t; on main), R3 (a loss on an
-# empty batch names batch["x"]; flowjax/losses/_make_loss.py on this branch)
+# fixed (their known names are gone from KNOWN, so the old behaviour fails the test): R1 (convert
+# at a singular end of the path names t), R3 (a loss on an empty batch names batch["x"]), R5
+# (unparsable data set names get the unknown-name error), R6 (the config checks of CONFIG_KNOWN
+# name their key), R7 (convert computes in the promoted dtype of t and the data)
 KNOWN_SEEN: collections.Counter = collections.Counter()
 
 
