@@ -169,7 +169,12 @@ class GaussianMixture(eqx.Module):
         alpha, beta = path.alpha(t), path.beta(t)
         log_w = jnp.log(self.weights)
         if labels is None:
-            in_axes = (0, 0 if t.ndim else None, 0 if t.ndim else None, None)
+            in_axes: tuple[int | None, ...] = (
+                0,
+                0 if t.ndim else None,
+                0 if t.ndim else None,
+                None,
+            )
             return jax.vmap(self._stats_one, in_axes=in_axes)(x, alpha, beta, log_w)
         labels = jnp.asarray(labels)
         if labels.shape != (x.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -182,7 +187,7 @@ class GaussianMixture(eqx.Module):
             0.0,
             -jnp.inf,
         )
-        in_axes: tuple[int | None, ...] = (0, 0 if t.ndim else None, 0 if t.ndim else None, 0)
+        in_axes = (0, 0 if t.ndim else None, 0 if t.ndim else None, 0)
         return jax.vmap(self._stats_one, in_axes=in_axes)(x, alpha, beta, masked)
 
     def log_prob(
