@@ -20,6 +20,7 @@ bench of every sampler, likelihood, guidance and posterior method in flowjax.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -68,7 +69,12 @@ class GaussianMixture(eqx.Module):
     means: Float[Array, "K d"]
     covs: Float[Array, "K d"] | Float[Array, "K d d"]
 
-    def __init__(self, weights: ArrayLike, means: ArrayLike, covs: ArrayLike):
+    def __init__(
+        self,
+        weights: ArrayLike | Sequence[Any],
+        means: ArrayLike | Sequence[Any],
+        covs: ArrayLike | Sequence[Any],
+    ):
         weights = v.as_float_array(weights, "weights")
         means = v.as_float_array(means, "means")
         covs = v.as_float_array(covs, "covs")
