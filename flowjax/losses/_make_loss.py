@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from flowjax.paths import PREDICTIONS, AbstractPath
 __all__ = ["ApplyFn", "LossFn", "make_loss"]
 
 
+@runtime_checkable
 class ApplyFn(Protocol):
     """``apply_fn(params, x, t, label, *, train, key) -> prediction`` of ``x``'s shape.
 
