@@ -135,5 +135,5 @@ def finite_sample_floor(
     for k in jax.random.split(key, repeats):
         ka, kb = jax.random.split(k)
         vals.append(statistic(sample(ka, n), sample(kb, n)))
-    vals = jnp.stack(vals)
-    return jnp.mean(vals), jnp.std(vals)
+    stacked = jnp.stack(vals)
+    return jnp.mean(stacked), jnp.std(stacked)

@@ -20,7 +20,7 @@ k-rectified flow. Pieces, each usable on its own:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -324,7 +324,8 @@ def trajectory_straightness(
         model_fn, path, None, None, x_start=x_start, prediction=prediction, solver=solver,
         time_grid=ts, save_times=ts, cond=cond,
     )  # fmt: skip
-    return straightness(res.ts, res.trajectory)
+    # save_times was given, so the result holds ts and the trajectory
+    return straightness(cast(Array, res.ts), cast(Array, res.trajectory))
 
 
 # ---------------------------------------------------------------------------- NFE vs quality

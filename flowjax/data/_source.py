@@ -8,7 +8,7 @@ fancy-indexing operation per key for in-memory data); :func:`fetch_batch` falls 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class ArraySource:
             raise ValueError(
                 f"arrays must share their leading (example) axis; got leading sizes {lengths}"
             )
-        self._len = next(iter(lengths.values()))
+        self._len = cast(int, next(iter(lengths.values())))  # None was excluded above
 
     def __len__(self) -> int:
         return self._len

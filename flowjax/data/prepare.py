@@ -109,13 +109,16 @@ def prepare_from_arrays(
                 f"got {np.asarray(lab).shape}"
             )
     if labelled and num_classes is None:
-        num_classes = int(max(np.max(lab) for _, lab in splits.values() if len(lab))) + 1
+        num_classes = (
+            int(max(np.max(lab) for _, lab in splits.values() if lab is not None and len(lab))) + 1
+        )
 
     features: dict[str, Any] = {"image": tfds.features.Image(shape=tuple(shape))}
     if labelled:
         features["label"] = tfds.features.ClassLabel(num_classes=num_classes)
 
-    class _ArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    # tfds's registration metaclass takes skip_registration; its base types do not declare it
+    class _ArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
         VERSION = tfds.core.Version(version)
 
         def _info(self):

@@ -152,9 +152,7 @@ def classifier_guided(
     scale = v.as_float_array(scale, "scale")
     if scale.ndim != 0:
         raise ValueError(f"scale (the guidance weight) must be a scalar; got shape {scale.shape}")
-    guidance_start = v.as_float_array(guidance_start, "guidance_start")
-    if guidance_start.ndim != 0:
-        raise ValueError(f"guidance_start must be a scalar time; got shape {guidance_start.shape}")
-    return ClassifierGuided(
-        model_fn, classifier_fn, labels, scale, path, prediction, k, guidance_start
-    )
+    start = v.as_float_array(guidance_start, "guidance_start")
+    if start.ndim != 0:
+        raise ValueError(f"guidance_start must be a scalar time; got shape {start.shape}")
+    return ClassifierGuided(model_fn, classifier_fn, labels, scale, path, prediction, k, start)

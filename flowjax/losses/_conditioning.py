@@ -20,7 +20,9 @@ from flowjax import _validation as v
 __all__ = ["check_labels", "drop_labels", "null_labels"]
 
 
-def check_labels(labels: Any, num_classes: int, *, name: str = "label", allow_null: bool = False):
+def check_labels(
+    labels: Any, num_classes: int, *, name: str = "label", allow_null: bool = False
+) -> Int[Array, " B"]:
     """Validate class labels: integers of shape ``[B]`` in ``[0, num_classes)``.
 
     With ``allow_null`` the null label ``num_classes`` is accepted too. Shapes and dtypes are

@@ -13,7 +13,7 @@ sees a model as ``params`` (a pytree of arrays) plus a pure function:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import flax.linen as nn
@@ -49,7 +49,7 @@ def init(
     v.require_batched(x_example, "x_example", 2)
     t = jnp.zeros((x_example.shape[0],), at_least_float32(x_example.dtype))
     # Two-time models (second_time="r" / "d") are initialised with a second time as well.
-    t2_kw = {"t2": t} if getattr(model, "second_time", None) is not None else {}
+    t2_kw: dict[str, Any] = {"t2": t} if getattr(model, "second_time", None) is not None else {}
 
     def init_fn(k, x, t, lab):
         return model.init({"params": k}, x, t, lab, train=False, **t2_kw)["params"]
@@ -105,14 +105,18 @@ def apply(
     """
     _require_module(model)
     rngs = {}
-    if train and getattr(model, "dropout", 0.0):
+    dropout: float = getattr(model, "dropout", 0.0)
+    if train and dropout:
         if key is None:
             raise ValueError(
                 f"train=True on a model with dropout={model.dropout} needs a dropout key (key=...)"
             )
         rngs = {"dropout": key}
-    t2_kw = {} if t2 is None else {"t2": t2}
-    return model.apply({"params": params}, x, t, label, train=train, rngs=rngs, **t2_kw)
+    t2_kw: dict[str, Any] = {} if t2 is None else {"t2": t2}
+    # without mutable collections, Module.apply returns the output alone (not a tuple)
+    return cast(
+        Array, model.apply({"params": params}, x, t, label, train=train, rngs=rngs, **t2_kw)
+    )
 
 
 def make_apply_fn(model: nn.Module):
@@ -158,8 +162,9 @@ class ModelFn(eqx.Module):
         t2: Float[ArrayLike, " B"] | None = None,
     ) -> Float[Array, "B ..."]:
         """The prediction at ``(x, t)`` in evaluation mode (no dropout); ``t2``: two-time models."""
-        t2_kw = {} if t2 is None else {"t2": t2}
-        return self.model.apply({"params": self.params}, x, t, label, train=False, **t2_kw)
+        t2_kw: dict[str, Any] = {} if t2 is None else {"t2": t2}
+        out = self.model.apply({"params": self.params}, x, t, label, train=False, **t2_kw)
+        return cast(Array, out)  # no mutable collections: the output alone
 
 
 def model_fn(model: nn.Module, params: PyTree) -> ModelFn:

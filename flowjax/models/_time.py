@@ -166,7 +166,7 @@ def check_second_time(second_time: Any) -> None:
         v.choice(second_time, SECOND_TIMES, "second_time")
 
 
-def second_time_argument(second_time: Any, t2: Any, batch: int, model: str) -> Any:
+def second_time_argument(second_time: Any, t2: Any, batch: int, model: str) -> Array | None:
     """Check a model's ``t2`` argument against its ``second_time`` (at trace time, naming both)."""
     if second_time is None:
         if t2 is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -27,7 +27,8 @@ def batch_layout(sharding: NamedSharding) -> tuple[int, int]:
     local = set()
     me = jax.process_index()
     for coords in np.ndindex(mesh.devices.shape):
-        if mesh.devices[coords].process_index == me:
+        device = cast(jax.Device, mesh.devices[coords])  # an object array of devices
+        if device.process_index == me:
             local.add(tuple(coords[i] for i in idx))
     return n_shards, max(len(local), 1)
 

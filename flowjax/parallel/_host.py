@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jaxtyping import Array, PyTree
+from jaxtyping import ArrayLike, PyTree
 
 
 def _is_global(x: Any) -> bool:
@@ -52,7 +52,7 @@ def host_arrays(tree: PyTree) -> PyTree:
     return eqx.combine(gather(arrays), static)
 
 
-def local_rows(x: Array) -> np.ndarray:
+def local_rows(x: ArrayLike) -> np.ndarray:
     """This process's rows of a batch-sharded global array ``[B, ...]``, in global order.
 
     With the layout of :func:`flowjax.parallel.shard_batch` these are exactly the rows this

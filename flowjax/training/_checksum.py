@@ -17,7 +17,7 @@ import json
 import math
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -29,9 +29,11 @@ ShardChecksums = dict[str, int]
 
 def crc32(data: bytes | np.ndarray) -> int:
     """CRC-32 (zlib's, the IEEE polynomial) of ``data``'s bytes (an array: in C order)."""
-    if not isinstance(data, bytes):
-        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    return zlib.crc32(data) & 0xFFFFFFFF
+    if isinstance(data, bytes):
+        return zlib.crc32(data) & 0xFFFFFFFF
+    buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    # numpy's stubs declare the buffer protocol (__buffer__) only for Python >= 3.12
+    return zlib.crc32(buf) & 0xFFFFFFFF  # type: ignore[arg-type]
 
 
 def json_crc32(value: Any) -> int:
@@ -153,7 +155,8 @@ def _agree(flags: np.ndarray) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     gathered = multihost_utils.process_allgather(flags.astype(np.int32))
-    return np.asarray(gathered).reshape(jax.process_count(), -1).any(axis=0)
+    # numpy's stubs type .any(axis=...) as a scalar or an array; with an axis it is an array
+    return cast(np.ndarray, np.asarray(gathered).reshape(jax.process_count(), -1).any(axis=0))
 
 
 def mismatched_leaves(state: PyTree, saved: list[Mapping[str, int]]) -> list[int]:
@@ -181,9 +184,9 @@ def mismatched_leaves(state: PyTree, saved: list[Mapping[str, int]]) -> list[int
         else:
             resharded[i] = True
     resharded = _agree(resharded)
-    for i in np.flatnonzero(resharded):
-        whole = _host_array(leaves[i])
-        bad[i] = bad[i] or any(
-            crc32(whole[parse_key(key)]) != value for key, value in saved[i].items()
+    for j in np.flatnonzero(resharded):
+        whole = _host_array(leaves[j])
+        bad[j] = bad[j] or any(
+            crc32(whole[parse_key(key)]) != value for key, value in saved[j].items()
         )
     return [int(i) for i in np.flatnonzero(_agree(bad))]

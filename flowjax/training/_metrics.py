@@ -60,7 +60,9 @@ class MetricWriter:
     @property
     def jsonl_path(self) -> Path | None:
         """The JSONL file written (``None`` without one)."""
-        return self.logdir / "metrics.jsonl" if self._jsonl is not None else None
+        if self._jsonl is None or self.logdir is None:  # a JSONL file is opened only with a logdir
+            return None
+        return self.logdir / "metrics.jsonl"
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record scalar ``metrics`` at ``step`` (values convertible to float)."""

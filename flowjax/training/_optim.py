@@ -44,7 +44,10 @@ def make_schedule(
             f"schedule {schedule!r} needs total_steps > warmup_steps; got total_steps="
             f"{total_steps}, warmup_steps={warmup_steps}"
         )
-    decay_steps = (total_steps - warmup_steps) if schedule != "constant" else 1
+    # (total_steps is not None unless the schedule is constant: checked above)
+    decay_steps = (
+        total_steps - warmup_steps if schedule != "constant" and total_steps is not None else 1
+    )
 
     def fn(count: Any) -> jnp.ndarray:
         # written with explicit float32 casts (valid under strict dtype promotion)

@@ -43,13 +43,13 @@ REMAT_POLICIES = ("none", "blocks", "dots", "blocks_dots")
 _local = threading.local()
 
 
-def _default_block_types() -> tuple[type, ...]:
+def _default_block_types() -> tuple[type[nn.Module], ...]:
     from flowjax.models import AttentionBlock, ResBlock
 
     return (ResBlock, AttentionBlock)
 
 
-def _interceptor(types: tuple[type, ...], policy: Any) -> Callable:
+def _interceptor(types: tuple[type[nn.Module], ...], policy: Any) -> Callable:
     """A Flax method interceptor that runs ``__call__`` of ``types`` under ``nn.checkpoint``."""
 
     def intercept(next_fun, args, kwargs, context):
@@ -80,7 +80,7 @@ def remat_loss(
     loss_fn: Callable,
     policy: str = "blocks",
     *,
-    block_types: Sequence[type] | None = None,
+    block_types: Sequence[type[nn.Module]] | None = None,
 ) -> Callable:
     """``loss_fn`` with activation rematerialisation (see the module docstring for the policies).
 
