@@ -81,7 +81,8 @@ class SinusoidalEmbedding(nn.Module):
     max_period: float = 10000.0
 
     @nn.compact
-    def __call__(self, t: Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+    def __call__(self, t: Float[ArrayLike, ""] | Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+        """``t`` ``[B]``, or a scalar (then ``B = 1``)."""
         t = jnp.asarray(t)
         t = batch_time(t, t.shape[0] if t.ndim else 1)
         return sinusoidal_embedding(t, self.dim, scale=self.scale, max_period=self.max_period)
@@ -95,7 +96,8 @@ class FourierEmbedding(nn.Module):
     seed: int = 0
 
     @nn.compact
-    def __call__(self, t: Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+    def __call__(self, t: Float[ArrayLike, ""] | Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+        """``t`` ``[B]``, or a scalar (then ``B = 1``)."""
         t = jnp.asarray(t)
         t = batch_time(t, t.shape[0] if t.ndim else 1)
         return fourier_embedding(t, self.dim, scale=self.scale, seed=self.seed)

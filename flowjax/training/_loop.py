@@ -25,6 +25,7 @@ Batch = Mapping[str, Any]
 Metrics = Mapping[str, Array]
 
 
+@runtime_checkable  # so that runtime checkers (beartype, FLOWJAX_TYPECHECK=1) can check it
 class StepFn(Protocol):
     """What :func:`train_loop` steps with (a :class:`~flowjax.training.TrainStep`): the update,
     and where the state and each batch go (its shardings)."""
