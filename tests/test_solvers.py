@@ -59,14 +59,16 @@ def _run(solver, path, ts, x0, prediction="velocity"):
 # ------------------------------------------------------------------ independent references
 
 
-def ref_dpmpp_2m(path, ts, x):
-    """Lu et al. (2022), Algorithm 2 (DPM-Solver++(2M)), with the data prediction."""
+def ref_dpmpp_2m(path, ts, x, lower_order_final=False):
+    """Lu et al. (2022), Algorithm 2 (DPM-Solver++(2M)), with the data prediction (and, with
+    ``lower_order_final``, the last step first order, as DPM-Solver's reference code does)."""
     d_prev, h_prev = None, None
-    for i in range(len(ts) - 1):
+    n = len(ts) - 1
+    for i in range(n):
         (_, b_s), (a_t, b_t) = _coef(path, ts[i]), _coef(path, ts[i + 1])
         h = _lam(path, ts[i + 1]) - _lam(path, ts[i])
         d = _denoise(path, x, ts[i])
-        if d_prev is None:
+        if d_prev is None or (lower_order_final and i == n - 1):
             big_d = d
         else:
             r = h_prev / h
@@ -84,18 +86,21 @@ def _integral(h, poly):
     return 0.5 * h * np.tensordot(weights, vals, axes=1)
 
 
-def ref_dpmpp_3m(path, ts, x):
+def ref_dpmpp_3m(path, ts, x, lower_order_final=False):
     """Step 1 DDIM, step 2 Algorithm 2, then the quadratic through the last three predictions in
-    lambda, integrated exactly against the exponential (the third-order multistep step)."""
+    lambda, integrated exactly against the exponential (the third-order multistep step); with
+    ``lower_order_final`` step ``i`` of ``N`` has order at most ``N - i``."""
     hist = []  # (lambda, D)
-    for i in range(len(ts) - 1):
+    n = len(ts) - 1
+    for i in range(n):
         (_, b_s), (a_t, b_t) = _coef(path, ts[i]), _coef(path, ts[i + 1])
         lam_s, lam_t = _lam(path, ts[i]), _lam(path, ts[i + 1])
         h = lam_t - lam_s
         hist.append((lam_s, _denoise(path, x, ts[i])))
-        if len(hist) == 1:
+        order = min(len(hist), 3, n - i if lower_order_final else 3)
+        if order == 1:
             step = -np.expm1(-h) * hist[-1][1]
-        elif len(hist) == 2:
+        elif order == 2:
             r = (lam_s - hist[-2][0]) / h
             step = -np.expm1(-h) * ((1 + 1 / (2 * r)) * hist[-1][1] - hist[-2][1] / (2 * r))
         else:
@@ -225,6 +230,18 @@ def test_dpmpp_3m_is_the_exact_quadratic_step(path, x64):
     )
 
 
+def test_lower_order_final_lowers_only_the_last_steps(x64):
+    # lower_order_final: order min(order, N - i) at step i (2M: a DDIM last step; 3M: the last
+    # two steps of orders 2 and 1); N evaluations either way. Off by default.
+    path = fj.VE()
+    x0 = _start(path, _TS)
+    for order, ref in ((2, ref_dpmpp_2m), (3, ref_dpmpp_3m)):
+        got = _run(solvers.DPMSolverPP(order=order, lower_order_final=True), path, _TS, x0)
+        chex.assert_trees_all_close(got, ref(path, _TS, x0, True), atol=1e-8, rtol=0)
+        plain = ref(path, _TS, x0)
+        assert np.max(np.abs(got - plain)) > 1e-6  # the option changes something
+
+
 @pytest.mark.parametrize("order", [2, 3])
 def test_unipc_bh2_with_corrector(order, x64):
     path = fj.CondOT()
@@ -320,7 +337,9 @@ def test_every_prediction_gives_the_same_samples(solver, x64):
             solver=solver, num_steps=8, t_start=0.01, t_end=0.99, time_grid="logsnr",
         ).samples  # fmt: skip
     for pred, x in out.items():
-        np.testing.assert_allclose(x, out["velocity"], rtol=1e-9, atol=1e-9, err_msg=pred)
+        chex.assert_trees_all_close(
+            x, out["velocity"], rtol=1e-9, atol=1e-9, custom_message=f"prediction {pred}"
+        )
 
 
 @pytest.mark.slow
