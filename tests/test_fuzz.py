@@ -123,16 +123,7 @@ def _finite_where_finite(out, finite_rows: np.ndarray, what: str) -> None:
 # /work/coord/PLAN.md). Each case accepts the known wrong behaviour or the correct one, so this
 # module passes before and after the fix lands; KNOWN_SEEN counts the cases that still showed the
 # known behaviour (printed at the end: a count of 0 under the slow profile means it is fixed).
-KNOWN = {
-    # log_likelihood on an empty batch raises ZeroDivisionError (likelihood/_ode.py, the batch
-    # chunking) instead of an empty result or a ValueError naming x. Request R2 (solvers).
-    "log_likelihood_empty_batch",
-    # sample() with a NaN x_start returns NaN samples instead of naming x_start. Request R4
-    # (solvers).
-    "sample_nan_x_start",
-    # sample() with a rank-1 shape names "x" (an internal name), not shape. Request R4 (solvers).
-    "sample_rank1_shape_names_x",
-}
+KNOWN: set[str] = set()  # every request so far is fixed (listed below)
 CONFIG_KNOWN = {
     ("training.num_steps", None): "TypeError '<' not supported (None passes the type check)",
     ("optim.lr", "nan"): "accepted",
@@ -147,7 +138,8 @@ CONFIG_KNOWN = {
 # fixed (their known names are gone from KNOWN, so the old behaviour fails the test): R1 (convert
 # at a singular end of the path names t), R3 (a loss on an empty batch names batch["x"]), R5
 # (unparsable data set names get the unknown-name error), R6 (the config checks of CONFIG_KNOWN
-# name their key), R7 (convert computes in the promoted dtype of t and the data)
+# name their key), R7 (convert computes in the promoted dtype of t and the data), R2
+# (log_likelihood on an empty batch names x), R4 (sample names a rank-1 shape and a NaN x_start)
 KNOWN_SEEN: collections.Counter = collections.Counter()
 
 
