@@ -122,7 +122,7 @@ def require_floating(x: Any, name: str) -> jax.Array:
     return arr
 
 
-def require_batched(x: jax.Array, name: str, min_ndim: int = 1) -> None:
+def require_batched(x: jax.Array | np.ndarray, name: str, min_ndim: int = 1) -> None:
     """Check that ``x`` has a leading batch axis (at least ``min_ndim`` dimensions)."""
     if x.ndim < min_ndim:
         raise ValueError(
@@ -172,7 +172,7 @@ def promote(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(a.astype(dtype) for a in arrays)
 
 
-def check_time_range(t: jax.Array, t_min: Any, t_max: Any, name: str = "t") -> None:
+def check_time_range(t: jax.Array | np.ndarray, t_min: Any, t_max: Any, name: str = "t") -> None:
     """Check ``t_min <= t <= t_max`` (eagerly for concrete ``t``, in checked mode otherwise)."""
     if is_concrete(t) and is_concrete(t_min) and is_concrete(t_max):
         tt = np.asarray(t)
@@ -193,7 +193,7 @@ def check_time_range(t: jax.Array, t_min: Any, t_max: Any, name: str = "t") -> N
     )
 
 
-def check_finite(x: jax.Array, name: str) -> None:
+def check_finite(x: jax.Array | np.ndarray, name: str) -> None:
     """Check that ``x`` holds no NaN/inf; names the offending rows of a concrete batch."""
     if is_concrete(x):
         arr = np.asarray(x)

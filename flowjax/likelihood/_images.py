@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -47,4 +47,5 @@ def image_bits_per_dim(
         result = log_likelihood(model_fn, path, x, key=k_probe, **likelihood_kwargs)
         log_probs.append(result.log_prob)
     mean_lp = jnp.mean(jnp.stack(log_probs), axis=0)
-    return bits_per_dim(mean_lp, dim=dim, num_levels=num_levels, data_range=data_range), result
+    bpd = bits_per_dim(mean_lp, dim=dim, num_levels=num_levels, data_range=data_range)
+    return bpd, cast(LikelihoodResult, result)  # set: jnp.stack above fails on zero draws

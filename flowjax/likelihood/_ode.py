@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
@@ -160,7 +160,8 @@ def _solve(
     u = _make_velocity(model_fn, path, prediction, has_cond)
     grid = None
     if adaptive is None:
-        grid = solvers.UniformGrid()(path, num_steps, t0, t1, x.dtype)
+        # without adaptive steps num_steps is given (see _steps)
+        grid = solvers.UniformGrid()(path, cast(int, num_steps), t0, t1, x.dtype)
     batch = x.shape[0]
     if divergence == "exact":
         aux, width = jnp.zeros((batch,), x.dtype), 1  # nothing per example

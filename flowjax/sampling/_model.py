@@ -13,7 +13,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from flowjax import parameterization as P
 from flowjax.paths import AbstractPath
@@ -31,14 +31,14 @@ class Field(eqx.Module):
         t = jnp.asarray(t, x.dtype)
         return self.model_fn(x, jnp.broadcast_to(t, (x.shape[0],))).astype(x.dtype)
 
-    def to(self, target: str, x: Array, t: Array) -> Array:
+    def to(self, target: str, x: Array, t: ArrayLike) -> Array:
         """The prediction converted to ``target`` (one model call)."""
         t = jnp.asarray(t, x.dtype)
         return P.convert(
             self.raw(x, t), source=self.prediction, target=target, path=self.path, x=x, t=t
         )
 
-    def drift(self, x: Array, t: Array, sigma: Array) -> Array:
+    def drift(self, x: Array, t: ArrayLike, sigma: Array) -> Array:
         """``u_t(x) + sigma^2 / 2 * score_t(x)`` (one model call; ``sigma = 0``: the velocity)."""
         t = jnp.asarray(t, x.dtype)
         return P.sde_drift(

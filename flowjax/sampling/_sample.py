@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard, cast
 
 import equinox as eqx
 import jax
@@ -16,7 +16,13 @@ from flowjax import solvers
 from flowjax.paths import PREDICTIONS, AbstractPath
 from flowjax.sampling import _edm, _terms
 from flowjax.sampling._langevin import corrector
-from flowjax.sampling._methods import AbstractSamplingMethod, get_method
+from flowjax.sampling._methods import (
+    AbstractSamplingMethod,
+    AnnealedLangevin,
+    EDMStochastic,
+    PredictorCorrector,
+    get_method,
+)
 from flowjax.sampling._model import Field, check_model_output
 from flowjax.sampling._sde import NoiseSchedule, noise_schedule
 
@@ -72,7 +78,7 @@ class _Config(NamedTuple):
     dtype: Any
 
 
-def _uses_exponential(solver: Any) -> bool:
+def _uses_exponential(solver: Any) -> TypeGuard[solvers.AbstractExponentialSolver]:
     return isinstance(solver, solvers.AbstractExponentialSolver)
 
 
@@ -249,8 +255,9 @@ def sample(
         # transfers it, cheaper than an eager jnp.asarray (~35 us of a batch-1 call)
         host_ready = isinstance(x_start, np.ndarray) and x_start.dtype in (np.float32, np.float16)
         _check_x_start_finite(x_start)
-        if not host_ready:
-            x_start = v.require_floating(x_start, "x_start")
+        x_start = (
+            cast(np.ndarray, x_start) if host_ready else v.require_floating(x_start, "x_start")
+        )
         v.require_batched(x_start, "x_start", min_ndim=2)
         if x_start.shape[0] < 1 or any(s < 1 for s in x_start.shape):
             raise ValueError(f"x_start must hold at least one example; got shape {x_start.shape}")
@@ -271,8 +278,8 @@ def sample(
         d_start, d_end = sampling_time_range(
             path, prediction=prediction, method=meth, solver=solver_obj
         )
-        t0 = d_start if t_start is None else float(t_start)
-        t1 = d_end if t_end is None else float(t_end)
+        t0: float | None = d_start if t_start is None else float(t_start)
+        t1: float | None = d_end if t_end is None else float(t_end)
         v.check_time_range(
             np.array([t0, t1], np.float64), path.t_min, path.t_max, "t_start and t_end"
         )
@@ -398,7 +405,7 @@ def _sample_jit(
     model: Callable[[Array, Array], Array],
     path: AbstractPath,
     key: PRNGKeyArray | None,
-    x_start: Array | None,
+    x_start: Array | np.ndarray | None,
     grid_arr: Array | None,
     save_arr: Array | None,
     sched: NoiseSchedule,
@@ -406,29 +413,37 @@ def _sample_jit(
     cfg: _Config,
 ) -> SampleResult:
     dtype = cfg.dtype
-    k_prior, k_noise, k_corr = (None,) * 3 if key is None else jax.random.split(key, 3)
+    # the keys are None only for method='ode' from a given x_start, which draws nothing
+    keys: Any = (None,) * 3 if key is None else jax.random.split(key, 3)
+    k_prior, k_noise, k_corr = keys
     if x_start is None:
         t_first = grid_arr[0] if grid_arr is not None else cfg.t_start
         std = path.beta(jnp.asarray(t_first, dtype)).astype(dtype)
         x0 = std * jax.random.normal(k_prior, cfg.shape, dtype)
     else:
-        x0 = x_start
+        x0 = cast(Array, x_start)  # traced here: filter_jit traces numpy arrays too
         v.check_finite(x0, "x_start")  # a traced x_start: in checked mode only
     if sharding is not None:
         x0 = jax.device_put(x0, sharding)
     check_model_output(model, x0)
     field = Field(model, path, cfg.prediction)
 
+    grid: Array | None
     if grid_arr is not None:
         grid = grid_arr
     elif cfg.adaptive is None:
-        grid = cfg.grid(path, cfg.num_steps, cfg.t_start, cfg.t_end, dtype)
+        # a grid object is set whenever no explicit array is (see _Config.grid)
+        grid = cast(solvers.AbstractTimeGrid, cfg.grid)(
+            path, cfg.num_steps, cfg.t_start, cfg.t_end, dtype
+        )
     else:
         grid = None
     if grid is not None:
         t0, t1 = grid[0], grid[-1]
     else:
         t0, t1 = jnp.asarray(cfg.t_start, dtype), jnp.asarray(cfg.t_end, dtype)
+    # every method but adaptive 'ode'/'sde' (solved by diffrax) steps on a fixed grid
+    fixed_grid = cast(Array, grid)
     n = cfg.num_steps
     steps = jnp.asarray(n, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
@@ -436,7 +451,9 @@ def _sample_jit(
     solver = cfg.solver
 
     if kind in ("ode", "sde") and isinstance(solver, solvers.AbstractExponentialSolver):
-        x, traj = solver.integrate(lambda y, t: field.to("x1", y, t), path, x0, grid, save_arr)
+        x, traj = solver.integrate(
+            lambda y, t: field.to("x1", y, t), path, x0, fixed_grid, save_arr
+        )
         nfe, acc, rej = jnp.asarray(solver.nfe(n), jnp.int32), steps, zero
     elif kind in ("ode", "sde") and cfg.scan:
         step = (
@@ -444,9 +461,11 @@ def _sample_jit(
             if cfg.stochastic
             else _terms.euler_step(field)
         )
-        x, traj, _ = solvers.scan_grid(step, x0, grid, save_arr)
+        x, traj, _ = solvers.scan_grid(step, x0, fixed_grid, save_arr)
         nfe, acc, rej = steps, steps, zero
     elif kind in ("ode", "sde"):
+        # the remaining solvers of 'ode'/'sde' are diffrax's (see _resolve_solver)
+        solver = cast(solvers.AbstractDiffraxSolver, solver)
         terms = _terms.make_terms(
             field,
             sched if cfg.stochastic else None,
@@ -471,31 +490,33 @@ def _sample_jit(
         x, traj = out.y, out.trajectory
         nfe, acc, rej = out.nfe, out.num_accepted, out.num_rejected
     elif kind == "edm":
+        edm = cast(EDMStochastic, cfg.method)
         step, nfe = _edm.edm_step(
-            field, path, cfg.method, grid, k_noise, heun=isinstance(solver, solvers.Heun)
+            field, path, edm, fixed_grid, k_noise, heun=isinstance(solver, solvers.Heun)
         )
-        x, traj, _ = solvers.scan_grid(step, x0, grid, save_arr)
+        x, traj, _ = solvers.scan_grid(step, x0, fixed_grid, save_arr)
         nfe, acc, rej = nfe.astype(jnp.int32), steps, zero
     elif kind == "pc":
-        k = cfg.method.corrector_steps
-        snr = cfg.method.snr
-        predictor = _predictor(field, sched, solver, cfg, x0, k_noise, grid)
+        pc = cast(PredictorCorrector, cfg.method)
+        k, snr = pc.corrector_steps, pc.snr
+        pc_solver = cast(solvers.AbstractDiffraxSolver, solver)  # a Runge-Kutta predictor
+        predictor = _predictor(field, sched, pc_solver, cfg, x0, k_noise, fixed_grid)
 
         def pc_step(x, carry, i, ta, tb):
             x = corrector(field, x, ta, jax.random.fold_in(k_corr, i), snr, k)
             return predictor(x, carry, i, ta, tb)
 
-        x, traj, _ = solvers.scan_grid(pc_step, x0, grid, save_arr)
-        nfe, acc, rej = jnp.asarray(n * (k + solver.nfe(1)), jnp.int32), steps, zero
+        x, traj, _ = solvers.scan_grid(pc_step, x0, fixed_grid, save_arr)
+        nfe, acc, rej = jnp.asarray(n * (k + pc_solver.nfe(1)), jnp.int32), steps, zero
     else:  # annealed Langevin
-        k = cfg.method.steps
-        snr = cfg.method.snr
+        langevin = cast(AnnealedLangevin, cfg.method)
+        k, snr = langevin.steps, langevin.snr
 
         def langevin_step(x, carry, i, ta, tb):
             del ta
             return corrector(field, x, tb, jax.random.fold_in(k_corr, i), snr, k), carry
 
-        x, traj, _ = solvers.scan_grid(langevin_step, x0, grid, save_arr)
+        x, traj, _ = solvers.scan_grid(langevin_step, x0, fixed_grid, save_arr)
         nfe, acc, rej = jnp.asarray(n * k, jnp.int32), steps, zero
 
     if cfg.denoise_final:

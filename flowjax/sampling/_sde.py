@@ -104,18 +104,20 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
     asks for); values at single times are not defined.
     """
 
-    grid: Float[Array, " N+1"]  # ascending
-    key: PRNGKeyArray
-    shape: tuple[int, ...] = eqx.field(static=True)
-    dtype: Any = eqx.field(static=True)
+    # mypy reads diffrax's AbstractVar declarations (t0, t1, levy_area) as dataclass fields of
+    # the base class, which they are not at run time (equinox): hence the ignores in this class
+    grid: Float[Array, " N+1"]  # type: ignore[misc]  # ascending
+    key: PRNGKeyArray  # type: ignore[misc]
+    shape: tuple[int, ...] = eqx.field(static=True)  # type: ignore[misc]
+    dtype: Any = eqx.field(static=True)  # type: ignore[misc]
     levy_area: type = eqx.field(static=True, default=diffrax.BrownianIncrement)
 
     @property
-    def t0(self) -> Array:
+    def t0(self) -> Array:  # type: ignore[override]
         return self.grid[0]
 
     @property
-    def t1(self) -> Array:
+    def t1(self) -> Array:  # type: ignore[override]
         return self.grid[-1]
 
     def evaluate(self, t0: Any, t1: Any = None, left: bool = True, use_levy: bool = False) -> Any:

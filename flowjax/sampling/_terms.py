@@ -41,8 +41,10 @@ def make_terms(
     if sigma is None:
         return diffrax.ODETerm(lambda t, y, args: field.to("velocity", y, t))
     assert key is not None
+    brownian: diffrax.AbstractBrownianPath
     if grid is not None:
-        brownian = GridBrownianPath(grid, key, x0.shape, x0.dtype, levy_area)
+        # (mypy takes diffrax's abstract t0/t1/levy_area for dataclass fields: see _sde.py)
+        brownian = GridBrownianPath(grid, key, x0.shape, x0.dtype, levy_area)  # type: ignore[arg-type]
     else:
         brownian = virtual_brownian_tree(key, t0, t1, x0.shape, x0.dtype, levy_area)
     drift = diffrax.ODETerm(lambda t, y, args: field.drift(y, t, sigma(jnp.asarray(t, y.dtype))))

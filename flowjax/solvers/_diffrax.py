@@ -67,7 +67,7 @@ def integrate(
     if save_times is not None:
         subs.append(diffrax.SubSaveAt(ts=save_times))
     if adaptive is not None:
-        controller = adaptive.controller(error_norm)
+        controller: diffrax.AbstractStepSizeController = adaptive.controller(error_norm)
         max_steps = adaptive.max_steps
     else:
         if grid is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -166,8 +166,8 @@ def unipc_weights(lam: Array, order: int, lower_order_final: bool) -> tuple[Arra
             a[0] * (1.0 - rho_c[-1] - sum(p / q for p, q in zip(rho_c[:-1], nodes, strict=True))),
             *past,
         ]
-    k = _effective_order(lam, order, lower_order_final)
-    return _select(k, pred, order), _select(k, corr, order + 1)
+    k_eff = _effective_order(lam, order, lower_order_final)
+    return _select(k_eff, pred, order), _select(k_eff, corr, order + 1)
 
 
 def _solve(nodes: list[Array], rhs: list[Array]) -> list[Array]:
@@ -223,13 +223,14 @@ def _multistep(
         hist = jnp.concatenate([d[None], hist[:-1]])
         if traj is not None:
             j = jnp.maximum(i - 1, 0)
-            traj = jnp.where(i > 0, record(traj, s, grid[j], grid[i], x_prev, x), traj)
+            # traj is set exactly when the save times s are
+            traj = jnp.where(i > 0, record(traj, cast(Array, s), grid[j], grid[i], x_prev, x), traj)
         x_next = ratio[i] * x + alpha[i + 1] * combine(pred_w[i], hist)
         return (x_next, x, hist, traj), None
 
     (x_end, x_last, _, traj), _ = jax.lax.scan(body, (x0, x0, hist0, traj0), jnp.arange(n))
     if traj is not None:
-        traj = record(traj, s, grid[n - 1], grid[n], x_last, x_end)
+        traj = record(traj, cast(Array, s), grid[n - 1], grid[n], x_last, x_end)
     return x_end, traj
 
 

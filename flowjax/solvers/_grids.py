@@ -241,7 +241,9 @@ def _time_grid_jit(grid, path, num_steps, t_start, t_end, dtype):
 def check_ends(t_start: Any, t_end: Any, path: AbstractPath) -> None:
     """Both ends inside the path's valid range."""
     if v.is_concrete(t_start) and v.is_concrete(t_end):  # before rounding to the state's dtype
-        ends = np.array([np.asarray(t_start, np.float64), np.asarray(t_end, np.float64)])
+        ends: Array | np.ndarray = np.array(
+            [np.asarray(t_start, np.float64), np.asarray(t_end, np.float64)]
+        )
     else:
         ends = jnp.stack([jnp.asarray(t_start), jnp.asarray(t_end)])
     v.check_time_range(ends, path.t_min, path.t_max, "time grid ends (t_start, t_end)")

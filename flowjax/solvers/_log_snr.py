@@ -18,6 +18,7 @@ first-order steps are defined there.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -36,7 +37,8 @@ def exp_weights(h: Float[Array, "*N"], k_max: int) -> list[Float[Array, "*N"]]:
     """``[a_0(h), ..., a_{k_max}(h)]`` (see the module docstring), accurate for every ``h >= 0``."""
     small = jnp.abs(h) < 1.0
     hs = jnp.where(small, h, 0.0)  # keeps the series finite where it is not used
-    out, a_prev = [], None
+    out: list[Array] = []
+    a_prev: Any = None  # a_0(h) is set at k = 0, before its first use
     for k in range(k_max + 1):
         poly = jnp.zeros_like(hs)
         for n in reversed(range(_SERIES_TERMS)):  # Horner in -h
