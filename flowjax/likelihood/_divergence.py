@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 __all__ = ["exact_divergence", "hutchinson_divergence", "sample_probes"]
 
 
 def exact_divergence(
-    f: Callable[[Array], Array], x: Float[Array, "*D"], chunk: int | None = None
+    f: Callable[[Array], Array], x: Float[Array | np.ndarray, "*D"], chunk: int | None = None
 ) -> tuple[Float[Array, "*D"], Float[Array, ""]]:
     """``(f(x), tr df/dx)`` for one example ``x`` with ``d = x.size`` forward-mode JVPs.
 
@@ -49,7 +50,9 @@ def exact_divergence(
 
 
 def hutchinson_divergence(
-    f: Callable[[Array], Array], x: Float[Array, "*D"], probes: Float[Array, "K ..."]
+    f: Callable[[Array], Array],
+    x: Float[Array | np.ndarray, "*D"],
+    probes: Float[Array | np.ndarray, "K ..."],
 ) -> tuple[Float[Array, "*D"], Float[Array, " K"]]:
     """``(f(x), [v_k^T (df/dx) v_k]_k)``: one unbiased divergence estimate per probe ``v_k``.
 
