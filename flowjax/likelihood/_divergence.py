@@ -60,7 +60,7 @@ def hutchinson_divergence(
     ``tr df/dx``; Rademacher probes have the smaller variance.
     """
 
-    def one(v: Array) -> tuple[Array, Array]:
+    def one(v: Array | np.ndarray) -> tuple[Array, Array]:  # (a tracer under vmap)
         fx, jv = jax.jvp(f, (x,), (v,))
         return fx, jnp.sum(jv * v)
 

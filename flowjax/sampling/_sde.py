@@ -106,7 +106,7 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
 
     # mypy reads diffrax's AbstractVar declarations (t0, t1, levy_area) as dataclass fields of
     # the base class, which they are not at run time (equinox): hence the ignores in this class
-    grid: Float[Array, " N+1"]  # type: ignore[misc]  # ascending
+    grid: Float[Array, " T"]  # type: ignore[misc]  # ascending, T = N + 1 times
     key: PRNGKeyArray  # type: ignore[misc]
     shape: tuple[int, ...] = eqx.field(static=True)  # type: ignore[misc]
     dtype: Any = eqx.field(static=True)  # type: ignore[misc]

@@ -60,7 +60,7 @@ class AbstractExponentialSolver(AbstractSolver):
         denoise: Denoiser,
         path: AbstractPath,
         x0: Float[Array, "B ..."],
-        grid: Float[Array, " N+1"],
+        grid: Float[Array, " T"],
         save_times: Float[Array, " S"] | None = None,
     ) -> tuple[Float[Array, "B ..."], Float[Array, "S B ..."] | None]:
         """Integrate from ``x0`` at ``grid[0]`` to ``grid[-1]``; returns the end and saved states."""

@@ -76,7 +76,7 @@ class AbstractTimeGrid(eqx.Module):
 
     def __call__(
         self, path: AbstractPath, num_steps: int, t_start: Any, t_end: Any, dtype: Any = None
-    ) -> Float[Array, " N+1"]:
+    ) -> Float[Array, " T"]:
         """The grid (traceable; either direction; endpoints exact)."""
         dtype = dtype or jnp.result_type(float)
         t0, t1 = jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype)
@@ -215,7 +215,7 @@ def time_grid(
     t_end: Any,
     grid: str | AbstractTimeGrid = "uniform",
     dtype: Any = None,
-) -> Float[Array, " N+1"]:
+) -> Float[Array, " T"]:
     """``num_steps + 1`` times from ``t_start`` to ``t_end`` (either direction), endpoints exact.
 
     Args:

@@ -23,7 +23,7 @@ GridStep = Callable[[Array, Any, Array, Array, Array], tuple[Array, Any]]
 def scan_grid(
     step: GridStep,
     x0: Float[Array, "B ..."],
-    grid: Float[Array, " N+1"],
+    grid: Float[Array, " T"],
     save_times: Float[Array, " S"] | None = None,
     carry0: PyTree = None,
 ) -> tuple[Array, Array | None, PyTree]:
