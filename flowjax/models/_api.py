@@ -23,6 +23,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
 from flowjax import _validation as v
 from flowjax.models._common import at_least_float32
+from flowjax.models._embeddings import BatchTime
 
 __all__ = ["ModelFn", "apply", "count_params", "init", "make_apply_fn", "model_fn", "summary"]
 
@@ -92,12 +93,12 @@ def apply(
     model: nn.Module,
     params: PyTree,
     x: Float[ArrayLike, "B ..."],
-    t: Float[ArrayLike, " B"],
+    t: BatchTime,
     label: Int[ArrayLike, " B"] | None = None,
     *,
     train: bool = False,
     key: PRNGKeyArray | None = None,
-    t2: Float[ArrayLike, " B"] | None = None,
+    t2: BatchTime | None = None,
 ) -> Float[Array, "B ..."]:
     """``model``'s prediction; ``train=True`` turns dropout on and then needs ``key``.
 
@@ -156,10 +157,10 @@ class ModelFn(eqx.Module):
     def __call__(
         self,
         x: Float[ArrayLike, "B ..."],
-        t: Float[ArrayLike, " B"],
+        t: BatchTime,
         label: Int[ArrayLike, " B"] | None = None,
         *,
-        t2: Float[ArrayLike, " B"] | None = None,
+        t2: BatchTime | None = None,
     ) -> Float[Array, "B ..."]:
         """The prediction at ``(x, t)`` in evaluation mode (no dropout); ``t2``: two-time models."""
         t2_kw: dict[str, Any] = {} if t2 is None else {"t2": t2}

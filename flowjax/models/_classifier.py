@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from flowjax import _validation as v
+from flowjax.models._embeddings import BatchTime
 from flowjax.models._mlp import MLP
 
 __all__ = ["Classifier"]
@@ -63,7 +64,7 @@ class Classifier(nn.Module):
     def __call__(
         self,
         x: Float[ArrayLike, "B ..."],
-        t: Float[ArrayLike, " B"],
+        t: BatchTime,
         label: Any = None,
         *,
         train: bool = False,

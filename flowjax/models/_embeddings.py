@@ -35,6 +35,9 @@ __all__ = [
 
 Dtype = Any
 
+BatchTime = Float[ArrayLike, ""] | Float[ArrayLike, " B"]
+"""A model's time argument: ``[B]``, or one scalar for the whole batch (see :func:`batch_time`)."""
+
 
 def batch_time(t: Any, batch: int, name: str = "t") -> Array:
     """``t`` as float32 ``[B]`` (a scalar is broadcast); ``name`` names it in errors."""
@@ -81,7 +84,7 @@ class SinusoidalEmbedding(nn.Module):
     max_period: float = 10000.0
 
     @nn.compact
-    def __call__(self, t: Float[ArrayLike, ""] | Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+    def __call__(self, t: BatchTime) -> Float[Array, "B dim"]:
         """``t`` ``[B]``, or a scalar (then ``B = 1``)."""
         t = jnp.asarray(t)
         t = batch_time(t, t.shape[0] if t.ndim else 1)
@@ -96,7 +99,7 @@ class FourierEmbedding(nn.Module):
     seed: int = 0
 
     @nn.compact
-    def __call__(self, t: Float[ArrayLike, ""] | Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+    def __call__(self, t: BatchTime) -> Float[Array, "B dim"]:
         """``t`` ``[B]``, or a scalar (then ``B = 1``)."""
         t = jnp.asarray(t)
         t = batch_time(t, t.shape[0] if t.ndim else 1)

@@ -11,7 +11,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from flowjax import _validation as v
 from flowjax.models._common import ACTIVATIONS, check_x, expected_features
-from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels
+from flowjax.models._embeddings import BatchTime, ClassEmbedding, batch_time, class_labels
 from flowjax.models._time import (
     check_second_time,
     check_time_options,
@@ -94,12 +94,12 @@ class MLP(nn.Module):
     def __call__(
         self,
         x: Float[ArrayLike, "B d"],
-        t: Float[ArrayLike, " B"],
+        t: BatchTime,
         label: Int[ArrayLike, " B"] | None = None,
         *,
         train: bool = False,
-        t2: Float[ArrayLike, " B"] | None = None,
-    ) -> Float[Array, "B d"]:
+        t2: BatchTime | None = None,
+    ) -> Float[Array, "B out"]:  # out = out_dim or d
         """Prediction at ``(x, t)``; ``t`` in [0, 1] (scalar or ``[B]``), ``label`` ``[B]`` or None.
 
         ``t2`` (``[B]`` or scalar): the second time, required exactly when ``second_time`` is set.

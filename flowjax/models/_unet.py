@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from flowjax.models._common import at_least_float32, check_x, expected_features
-from flowjax.models._embeddings import ClassEmbedding, batch_time, class_labels
+from flowjax.models._embeddings import BatchTime, ClassEmbedding, batch_time, class_labels
 from flowjax.models._time import (
     check_second_time,
     check_time_options,
@@ -204,11 +204,11 @@ class UNet(nn.Module):
     def __call__(
         self,
         x: Float[ArrayLike, "B H W C"],
-        t: Float[ArrayLike, " B"],
+        t: BatchTime,
         label: Int[ArrayLike, " B"] | None = None,
         *,
         train: bool = False,
-        t2: Float[ArrayLike, " B"] | None = None,
+        t2: BatchTime | None = None,
     ) -> Float[Array, "B H W C"]:
         """Prediction at ``(x, t)``; ``t`` in [0, 1] (scalar or ``[B]``), ``label`` ``[B]`` or None.
 
