@@ -141,3 +141,25 @@ def test_shortcut_loss_contract_and_bad_input():
         L.make_consistency_distillation_loss(
             M.make_apply_fn(one), path, lambda x, t: x, teacher_solver="rk4"
         )
+
+
+def test_consistency_output_boundary_condition(x64):
+    """EDM's skip parameterisation: f = x / alpha (the data) at sigma = sigma_min whatever the
+    network says, finite at alpha = 0, and the wrappers agree with it."""
+    from flowjax import solvers
+
+    path = P.VPLinear()
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 2), jnp.float64)
+    raw = 100.0 * jax.random.normal(jax.random.PRNGKey(1), (4, 2), jnp.float64)
+    t_min_level = solvers.time_of_sigma(path, jnp.full((4,), 0.002), path.t_min, path.t_max)
+    out = L.consistency_output(path, x, t_min_level, raw)
+    chex.assert_trees_all_close(out, x / path.alpha(t_min_level)[:, None], rtol=1e-8, atol=1e-8)
+    at_noise = L.consistency_output(P.CondOT(), x, jnp.zeros(4), raw)
+    chex.assert_tree_all_finite(at_noise)
+    chex.assert_trees_all_close(at_noise, 0.5 * raw)  # c_skip = 0, c_out = sigma_d at alpha = 0
+    t = jnp.array([0.1, 0.4, 0.7, 0.9])
+    net = lambda p, x, t, label=None, **kw: p * x  # noqa: E731
+    want = L.consistency_output(path, x, t, 3.0 * x)
+    chex.assert_trees_all_close(L.consistency_apply_fn(net, path)(3.0, x, t), want)
+    fn = L.ConsistencyModelFn(lambda x, t: 3.0 * x, path)
+    chex.assert_trees_all_close(fn(x, t), want)

@@ -12,7 +12,10 @@ Few-step objectives (issue 16): :func:`make_meanflow_loss`, :func:`make_shortcut
 
 from flowjax.losses._conditioning import check_labels, drop_labels, null_labels
 from flowjax.losses._consistency import (
+    ConsistencyModelFn,
+    consistency_apply_fn,
     consistency_levels,
+    consistency_output,
     ict_num_levels,
     karras_sigmas,
     make_consistency_distillation_loss,
@@ -54,11 +57,14 @@ __all__ = [
     "TIME_SAMPLERS",
     "WEIGHTINGS",
     "ApplyFn",
+    "ConsistencyModelFn",
     "LossFn",
     "antithetic_time",
     "cfm_loss",
     "check_labels",
+    "consistency_apply_fn",
     "consistency_levels",
+    "consistency_output",
     "conversion_weight",
     "couple",
     "ddpm_loss",

@@ -2,8 +2,10 @@
 
 A consistency model ``f(x_t, t)`` maps every point of an ODE trajectory of the path to the
 trajectory's data end (``t = 1``); sample with :class:`flowjax.sampling.Consistency`. The model
-must satisfy the boundary condition ``f(x, t_max) = x`` itself (e.g. EDM's skip connection in the
-noise level ``sigma = beta / alpha``); these losses only compare its outputs.
+must satisfy the boundary condition ``f = x1`` at the least noisy level itself; these losses only
+compare its outputs. :func:`consistency_output` is EDM's skip parameterisation for any path
+(:func:`consistency_apply_fn` wraps an ``apply_fn`` for the losses, :class:`ConsistencyModelFn`
+a ``model_fn`` for :func:`flowjax.sampling.sample`).
 
 Noise levels are EDM's: ``N`` levels ``sigma_min = sigma_0 < ... < sigma_{N-1} = sigma_max``
 rho-spaced (Karras et al. 2022), mapped to times on the path by ``sigma(t) = beta(t) / alpha(t)``
@@ -28,6 +30,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
@@ -38,7 +41,10 @@ from flowjax import solvers
 from flowjax.paths import AbstractPath
 
 __all__ = [
+    "ConsistencyModelFn",
+    "consistency_apply_fn",
     "consistency_levels",
+    "consistency_output",
     "ict_num_levels",
     "karras_sigmas",
     "make_consistency_distillation_loss",
@@ -113,6 +119,61 @@ def consistency_levels(
         w = jax.scipy.special.erf(z[1:]) - jax.scipy.special.erf(z[:-1])
     logits = jnp.where(valid & (w > 0), jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
     return jax.random.categorical(key, logits, shape=(n,))
+
+
+def consistency_output(
+    path: AbstractPath,
+    x: Float[Array, "B ..."],
+    t: Float[Array, " B"],
+    raw: Float[Array, "B ..."],
+    *,
+    sigma_data: float = 0.5,
+    sigma_min: float = 0.002,
+) -> Float[Array, "B ..."]:
+    """EDM's consistency parameterisation ``c_skip(sigma) x / alpha + c_out(sigma) raw``.
+
+    ``sigma = beta / alpha``, ``c_skip = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2)``,
+    ``c_out = (sigma - sigma_min) sigma_d / sqrt(sigma_d^2 + sigma^2)``: the boundary condition
+    ``f = x / alpha`` (the data) at ``sigma = sigma_min``. Written with ``alpha`` and ``beta`` so it
+    stays finite at ``alpha = 0`` (pure noise).
+    """
+    tb = t.reshape(t.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+    a, b = path.alpha(tb).astype(x.dtype), path.beta(tb).astype(x.dtype)
+    gap = b - sigma_min * a  # alpha (sigma - sigma_min)
+    skip_over_alpha = sigma_data**2 * a / (gap**2 + sigma_data**2 * a**2)
+    c_out = gap * sigma_data / jnp.sqrt(sigma_data**2 * a**2 + b**2)
+    return skip_over_alpha * x + c_out * raw
+
+
+def consistency_apply_fn(
+    apply_fn: Callable[..., Array],
+    path: AbstractPath,
+    *,
+    sigma_data: float = 0.5,
+    sigma_min: float = 0.002,
+) -> Callable[..., Array]:
+    """``apply_fn`` of a network, wrapped by :func:`consistency_output` (same signature)."""
+
+    def wrapped(params: PyTree, x: Array, t: Array, *args: Any, **kwargs: Any) -> Array:
+        raw = apply_fn(params, x, t, *args, **kwargs)
+        return consistency_output(path, x, t, raw, sigma_data=sigma_data, sigma_min=sigma_min)
+
+    return wrapped
+
+
+class ConsistencyModelFn(eqx.Module):
+    """A sampler's ``model_fn(x, t, ...)`` wrapped by :func:`consistency_output` (a pytree)."""
+
+    model_fn: Callable[..., Array]
+    path: AbstractPath
+    sigma_data: float = eqx.field(static=True, default=0.5)
+    sigma_min: float = eqx.field(static=True, default=0.002)
+
+    def __call__(self, x: Array, t: Array, *args: Any, **kwargs: Any) -> Array:
+        raw = self.model_fn(x, t, *args, **kwargs)
+        return consistency_output(
+            self.path, x, t, raw, sigma_data=self.sigma_data, sigma_min=self.sigma_min
+        )
 
 
 def _level_times(path: AbstractPath, sigmas: Array) -> Array:
