@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import flowjax as fj
 from flowjax import losses as L
 from flowjax import models as M
 from flowjax import paths as P
@@ -163,3 +164,18 @@ def test_consistency_output_boundary_condition(x64):
     chex.assert_trees_all_close(L.consistency_apply_fn(net, path)(3.0, x, t), want)
     fn = L.ConsistencyModelFn(lambda x, t: 3.0 * x, path)
     chex.assert_trees_all_close(fn(x, t), want)
+
+
+def test_consistency_distillation_teacher_of_any_prediction():
+    """A teacher predicting x1 is converted to the velocity: the same loss as the velocity teacher."""
+    mix, path = fj.oracle.two_modes_2d(), P.VPLinear()
+    x = mix.sample(jax.random.PRNGKey(0), 64)
+    losses = [
+        jax.jit(
+            L.make_consistency_distillation_loss(
+                consistency_apply, path, mix.model_fn(path, pred), teacher_prediction=pred
+            )
+        )(jnp.float32(0.1), {"x": x}, jax.random.PRNGKey(1))[0]
+        for pred in ("velocity", "x1")
+    ]
+    chex.assert_trees_all_close(losses[0], losses[1], rtol=1e-3)
