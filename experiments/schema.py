@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import ml_collections
 
 from experiments.configs import default as default_config
+from flowjax.training import OPTIMIZERS
 
 __all__ = ["ConfigError", "build", "check_config", "choice", "flat_keys", "section"]
 
@@ -43,8 +45,10 @@ def flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _type_error(key: str, value: Any, want: Any) -> str | None:
-    if want is None or value is None:
+    if want is None:
         return None  # placeholders take a value of their type (ml_collections checks overrides)
+    if value is None:
+        return f"config key {key!r} must be set (like its default {want!r}); got None"
     if isinstance(want, bool):
         ok = isinstance(value, bool)
     elif isinstance(want, int):
@@ -102,8 +106,30 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 problems.append(f"unknown config key {key!r}{hint}")
             elif p := _type_error(key, v, defaults[k]):
                 problems.append(p)
+    if not problems:
+        problems = _value_problems(given)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+# Values a key's type admits but the run cannot use (keys whose range the library does not check
+# before work starts): key -> (test, what the value must be).
+_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.dtype": (lambda v: v in _COMPUTE_DTYPES, f"one of {', '.join(_COMPUTE_DTYPES)}"),
+    "optim.name": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "optim.lr": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "training.num_steps": (lambda v: v >= 0, ">= 0"),
+    "sampling.num_samples": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _value_problems(given: Mapping[str, Any]) -> list[str]:
+    return [
+        f"config key {key!r} must be {what}; got {given[key]!r}"
+        for key, (ok, what) in _VALUE_RULES.items()
+        if key in given and not ok(given[key])
+    ]
 
 
 def choice(value: str, valid: Iterable[str], key: str) -> str:

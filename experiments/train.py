@@ -103,6 +103,10 @@ def run(exp: Experiment) -> T.TrainResult:
             checkpoint_every=tc.checkpoint_every or None,
             metadata={"config": config_dict(cfg)},
         )
+    except SystemExit as stop:  # SIGTERM: the loop saved its last step and asks for a clean exit
+        saved = ckpt.latest_step()
+        io.log(f"SIGTERM: saved step {saved} in {exp.file(io.CHECKPOINT_DIR)}; exiting")
+        raise stop
     finally:
         writer.close()
         ckpt.close()

@@ -70,7 +70,7 @@ def mmd(
     y: Float[Array, "m ..."],
     *,
     bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0),
-    scale: float | None = None,
+    scale: float | Array | None = None,
     chunk: int = 512,
 ) -> Float[Array, ""]:
     """Unbiased squared MMD with a sum of Gaussian kernels ``exp(-|a-b|^2 / (2 (h * scale)^2))``.

@@ -20,6 +20,7 @@ bench of every sampler, likelihood, guidance and posterior method in flowjax.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -68,7 +69,12 @@ class GaussianMixture(eqx.Module):
     means: Float[Array, "K d"]
     covs: Float[Array, "K d"] | Float[Array, "K d d"]
 
-    def __init__(self, weights: ArrayLike, means: ArrayLike, covs: ArrayLike):
+    def __init__(
+        self,
+        weights: ArrayLike | Sequence[Any],
+        means: ArrayLike | Sequence[Any],
+        covs: ArrayLike | Sequence[Any],
+    ):
         weights = v.as_float_array(weights, "weights")
         means = v.as_float_array(means, "means")
         covs = v.as_float_array(covs, "covs")
@@ -169,7 +175,12 @@ class GaussianMixture(eqx.Module):
         alpha, beta = path.alpha(t), path.beta(t)
         log_w = jnp.log(self.weights)
         if labels is None:
-            in_axes = (0, 0 if t.ndim else None, 0 if t.ndim else None, None)
+            in_axes: tuple[int | None, ...] = (
+                0,
+                0 if t.ndim else None,
+                0 if t.ndim else None,
+                None,
+            )
             return jax.vmap(self._stats_one, in_axes=in_axes)(x, alpha, beta, log_w)
         labels = jnp.asarray(labels)
         if labels.shape != (x.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -182,7 +193,7 @@ class GaussianMixture(eqx.Module):
             0.0,
             -jnp.inf,
         )
-        in_axes: tuple[int | None, ...] = (0, 0 if t.ndim else None, 0 if t.ndim else None, 0)
+        in_axes = (0, 0 if t.ndim else None, 0 if t.ndim else None, 0)
         return jax.vmap(self._stats_one, in_axes=in_axes)(x, alpha, beta, masked)
 
     def log_prob(

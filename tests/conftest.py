@@ -13,11 +13,19 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
-import pytest
-from hypothesis import HealthCheck, settings
-
 ROOT = Path(__file__).resolve().parents[1]
+
+# Opt-in runtime type checking (issue 18): FLOWJAX_TYPECHECK=1 checks every jaxtyping-annotated
+# function of flowjax (dtypes and shapes of arguments and returns) with beartype. The hook must be
+# installed before flowjax is first imported, so it comes before the imports below.
+if os.environ.get("FLOWJAX_TYPECHECK") == "1":
+    from jaxtyping import install_import_hook
+
+    install_import_hook("flowjax", "beartype.beartype")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")

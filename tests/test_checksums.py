@@ -14,6 +14,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -236,11 +237,12 @@ def _check_damage(tmp_path: Path, positions: int) -> tuple[int, int]:
     abstract = T.abstract_state(state)
     files = _files(pristine / "4")
     assert any(f.startswith("state/") for f in files) and "checksums/process_0.json" in files
-    tried = fell_back = 0
+    tried = fell_back = expected = 0
     for rel in files:
         data = (pristine / "4" / rel).read_bytes()
         if not data:
             continue
+        expected += len(_damages(len(data), positions))
         for name, damage in _damages(len(data), positions):
             work = tmp_path / "work"
             shutil.rmtree(work, ignore_errors=True)
@@ -262,18 +264,20 @@ def _check_damage(tmp_path: Path, positions: int) -> tuple[int, int]:
             else:  # harmless: orbax's bookkeeping, or bytes of a data file that are never read
                 assert not rel.startswith(OURS), what
             tried += 1
+    # every damage of every file was tried (orbax writes a varying number of data files: 19-20)
+    assert tried == expected and len(files) >= 15, (tried, expected, files)
     return tried, fell_back
 
 
 def test_damaged_checkpoint_files_are_refused_and_restore_falls_back(tmp_path):
     tried, fell_back = _check_damage(tmp_path, positions=1)
-    assert tried >= 40 and fell_back > 0, (tried, fell_back)
+    assert tried >= 30 and fell_back > 0, (tried, fell_back)
 
 
 @pytest.mark.slow
 def test_damaged_checkpoint_files_at_many_offsets(tmp_path):
     tried, fell_back = _check_damage(tmp_path, positions=24)
-    assert tried >= 500 and fell_back > 0, (tried, fell_back)
+    assert tried >= 400 and fell_back > 0, (tried, fell_back)
 
 
 def test_a_readable_state_with_wrong_contents_is_refused(tmp_path):
@@ -323,3 +327,43 @@ def test_state_fingerprint_is_the_crc_of_each_whole_array():
     assert fp == [crc32(np.asarray(x)) for x in jax.tree.leaves(state)]
     # one device: each array is one shard, keyed by its full index
     assert [list(array_checksums(x).values()) for x in jax.tree.leaves(state)] == [[f] for f in fp]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints dropped by max_to_keep
+
+
+def test_dropped_checkpoints_are_renamed_aside_before_they_are_deleted(tmp_path, monkeypatch):
+    """Found by tests/test_chaos.py: a run killed while orbax deleted a checkpoint dropped by
+    ``max_to_keep`` (a recursive delete, file by file) left a step directory without its ``meta``
+    item, which ``all_steps`` listed and ``restore`` refused as corrupt. Now the step directory is
+    renamed into ``deleted/`` (atomic) and removed from there: here the process "dies" before
+    and during that removal, and what is left never lists as a checkpoint."""
+    state, step = build()
+    it = ToyIterator(16)
+    saved = {}
+    monkeypatch.setattr(T.Checkpointer, "_purge", lambda self, background=False: None)  # killed
+    with T.Checkpointer(tmp_path, async_save=False, max_to_keep=2) as ck:
+        for _ in range(4):
+            state, _ = step(state, next(it))
+            ck.save(state, data_state=it.get_state())
+            saved[int(state.step)] = jax.device_get(state)
+        assert ck.all_steps() == [3, 4]
+    steps = sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit())
+    assert steps == ["3", "4"]
+    dropped = tmp_path / "deleted"
+    assert sorted(p.name for p in dropped.iterdir()) == ["1", "2"]  # whole, out of the listing
+    items = sorted(p.name for p in (tmp_path / "3").iterdir())
+    assert sorted(p.name for p in (dropped / "1").iterdir()) == items and "meta" in items
+    for f in sorted((dropped / "1").rglob("*"))[::2]:  # killed half-way through removing step 1
+        if f.is_file():
+            f.unlink()
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no checkpoint is refused
+        with T.Checkpointer(tmp_path, max_to_keep=2) as ck:
+            assert not dropped.exists() or not any(dropped.iterdir())  # purged at start
+            assert ck.all_steps() == [3, 4]
+            for s in (3, 4):
+                r = ck.restore(T.abstract_state(state), step=s)
+                chex.assert_trees_all_equal(jax.device_get(r.state), saved[s])

@@ -1,4 +1,4 @@
-"""experiments.evaluation and experiments.figures: statistics against references, Inception, plots."""
+"""experiments.evaluators and experiments.figures: statistics against references, Inception, plots."""
 
 from __future__ import annotations
 

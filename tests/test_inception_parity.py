@@ -1,4 +1,4 @@
-"""The Flax Inception-v3 (experiments/evaluation.py) against pytorch-fid's ``InceptionV3``.
+"""The Flax Inception-v3 (experiments/evaluators/inception.py) against pytorch-fid's ``InceptionV3``.
 
 pytorch-fid builds its FID network from torchvision's Inception-v3 and loads the weights file it
 would download; here that loader is handed a seeded random state dict instead (nothing is
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import evaluation as E
+from experiments import evaluators as E
 
 ROOT = Path(__file__).resolve().parents[1]
 

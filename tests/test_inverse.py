@@ -4,11 +4,12 @@ Ground truth: for a Gaussian-mixture prior and ``y = A x1 + n`` the posterior is
 :meth:`GaussianMixture.posterior`; its samples are exact. Energy distances pass below ``m + 4 s`` of
 the finite-sample floor (keys fixed). For the approximate methods the error against the exact
 posterior is measured and printed (run with ``-s``; also attached with ``record_property``), and
-checked to be finite and far better than the prior's.
+checked against a bound derived from replicates (see ``APPROXIMATE``).
 """
 
 from collections.abc import Callable
 
+import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -96,12 +97,70 @@ def test_measure_adds_gaussian_noise():
 # ------------------------------------------------------------------ exact posterior
 
 
-def test_exact_posterior_is_the_oracle_posterior(x64):
+def _posterior_by_information_form(weights, means, variances, A, y, noise_std):
+    """The posterior of a diagonal-covariance mixture given ``y = A x + n`` (numpy, float64),
+    written independently of flowjax: precision form ``P_k = S_k^-1 + A^T A / s^2``, mean
+    ``P_k^-1 (S_k^-1 mu_k + A^T y / s^2)``, and weights ``w_k N(y; A mu_k, A S_k A^T + s^2 I)``
+    evaluated through the determinant and inverse of the predictive covariance."""
+    A, y = np.asarray(A, np.float64), np.asarray(y, np.float64)
+    s2 = float(noise_std) ** 2
+    log_w, post_means, post_covs = [], [], []
+    for w, mu, var in zip(
+        np.asarray(weights), np.asarray(means), np.asarray(variances), strict=True
+    ):
+        S_inv = np.diag(1.0 / var)
+        cov = np.linalg.inv(S_inv + A.T @ A / s2)
+        post_covs.append(cov)
+        post_means.append(cov @ (S_inv @ mu + A.T @ y / s2))
+        pred = A @ np.diag(var) @ A.T + s2 * np.eye(len(y))
+        r = y - A @ mu
+        _, logdet = np.linalg.slogdet(2 * np.pi * pred)
+        log_w.append(np.log(w) - 0.5 * (logdet + r @ np.linalg.solve(pred, r)))
+    log_w = np.array(log_w)
+    return np.exp(log_w - log_w.max()) / np.exp(log_w - log_w.max()).sum(), post_means, post_covs
+
+
+def test_exact_posterior_matches_an_independent_closed_form_and_bayes_on_a_grid(x64):
+    mix = eight_gaussians()
+    A = np.array([[1.0, 0.5]])
+    op = I.MatrixOperator(jnp.asarray(A))
+    y, noise = np.array([1.0]), 0.2
+    post = I.exact_posterior(mix, op, jnp.asarray(y), noise)
+    w, mu, cov = _posterior_by_information_form(mix.weights, mix.means, mix.covs, A, y, noise)
+    chex.assert_trees_all_close(
+        (post.weights, post.means, post.full_covs()),
+        (w, np.stack(mu), np.stack(cov)),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    # and Bayes' rule by brute force: prior density x likelihood on a grid over [-7, 7]^2,
+    # normalised by the midpoint sum. For Gaussians on a uniform grid that sum converges faster
+    # than any power of h (error ~ exp(-2 pi^2 sigma^2 / h^2); sigma >= 0.16, the posterior's
+    # smallest std, so nothing at h = 0.04), and the mass outside the grid is below 1e-9 (every
+    # component mean is 4 from the origin with std 0.5: 6 std inside): what is left is rounding
+    # (measured: 3e-14).
+    h = 0.04
+    g1, g2 = np.meshgrid(np.arange(-7, 7, h) + h / 2, np.arange(-7, 7, h) + h / 2, indexing="ij")
+    pts = np.stack([g1.ravel(), g2.ravel()], 1)
+    prior = np.zeros(len(pts))
+    for wk, mk, vk in zip(
+        np.asarray(mix.weights), np.asarray(mix.means), np.asarray(mix.covs), strict=True
+    ):
+        prior += (
+            wk * np.exp(-0.5 * np.sum((pts - mk) ** 2 / vk, 1)) / (2 * np.pi * np.sqrt(vk.prod()))
+        )
+    like = np.exp(-0.5 * ((pts @ A.T)[:, 0] - y[0]) ** 2 / noise**2)
+    bayes = prior * like / np.sum(prior * like * h * h)
+    got = np.exp(np.asarray(post.log_prob(fj.CondOT(), jnp.asarray(pts))))
+    err = np.max(np.abs(got - bayes)) / np.max(bayes)
+    assert err < 1e-8, err
+    # the posterior is far from the prior: the comparisons can tell them apart
+    assert np.max(np.abs(got - prior)) > 0.5 * np.max(bayes)
+
+
+def test_posterior_model_fn_rows_are_single_measurement_models(x64):
     mix = eight_gaussians()
     op = I.MatrixOperator(jnp.array([[1.0, 0.5]]))
-    post = I.exact_posterior(mix, op, jnp.array([1.0]), 0.2)
-    ref = mix.posterior(op.matrix(), jnp.array([1.0]), 0.2)
-    np.testing.assert_allclose(post.weights, ref.weights, rtol=1e-12)
     # batched measurements: row i of the batched model is the single-y model of y[i]
     ys = jnp.array([[1.0], [-2.0], [3.5]])
     path = fj.VPLinear()
@@ -168,10 +227,28 @@ def test_pigdm_is_exact_for_a_gaussian_prior(x64):
     assert float(jnp.max(jnp.abs(call(dps, x, t) - call(exact, x, t)))) > 1e-2
 
 
+# The energy distance of DPS and PiGDM (N = 2000 samples each) to the exact posterior: the mean
+# and standard deviation over 8 replicates, each with its own keys (PRNGKey(1000 + r) split into
+# the method's key and the exact posterior's; not the test's keys), measured on CPU in float32
+# with the samplers of the test below. The estimator is a U-statistic, asymptotically normal with
+# a spread of order 1/sqrt(N) when the two laws differ, so the test's value (one more draw of the
+# same statistic) lies below mean + 4 sd sqrt(1 + 1/8) (a 4-sigma prediction interval for a new
+# draw given the replicates' mean and sd) unless the method or the samplers changed. DPS and
+# PiGDM-ODE's approximation errors are far above the finite-sample floor (m + 4 s = 0.011);
+# PiGDM with the reverse SDE is within it.
+APPROXIMATE = {  # name: (mean, sd) over the replicates
+    "dps_ode": (0.3179, 0.0132),
+    "dps_sde": (0.0195, 0.0055),
+    "pigdm_ode": (0.0867, 0.0076),
+    "pigdm_sde": (0.0054, 0.0048),
+}
+REPLICATES = 8
+
+
 def test_approximate_posteriors_against_the_exact_one(ring_posterior, record_property):
     """DPS and PiGDM on the 8-Gaussians ring observed through x[0] = 2 (noise 0.5), sampled with
     the probability-flow ODE and with the reverse SDE: their energy distance to the exact posterior
-    is recorded, and must be finite and far below the prior's."""
+    is recorded, and must lie below the bound derived from replicates (``APPROXIMATE``)."""
     _, tol, ref, prior_err = ring_posterior
     path, mix, op = fj.CondOT(), eight_gaussians(), first_coordinate()
     prior = mix.model_fn(path)
@@ -192,8 +269,11 @@ def test_approximate_posteriors_against_the_exact_one(ring_posterior, record_pro
           {k: round(val, 4) for k, val in errs.items()})  # fmt: skip
     for k, val in errs.items():
         record_property(f"energy_distance_{k}", val)
-        assert np.isfinite(val), k
-        assert val < 0.25 * prior_err, (k, val, prior_err)
+        mean, sd = APPROXIMATE[k]
+        bound = mean + 4 * sd * np.sqrt(1 + 1 / REPLICATES)
+        assert np.isfinite(val) and val < bound, (k, val, bound)
+    # the bounds are tight compared with what they guard: the prior is far further away
+    assert max(m + 4 * sd for m, sd in APPROXIMATE.values()) < 0.5 * prior_err, prior_err
     # the stochastic sampler corrects most of the approximation error of both methods
     assert errs["pigdm_sde"] < errs["pigdm_ode"] and errs["dps_sde"] < errs["dps_ode"]
 

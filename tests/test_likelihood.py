@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,6 +232,14 @@ def test_bad_input():
         L.log_likelihood(lambda x, t: x[:, :1], path, x)
     with pytest.raises(ValueError, match="valid range"):
         L.log_likelihood(mix.model_fn(path), path, x, t_end=1.5)
+    # an empty batch is named (it was a ZeroDivisionError in the batch chunking)
+    with pytest.raises(ValueError, match=r"x must hold at least one example.*\(0, 2\)"):
+        L.log_likelihood(mix.model_fn(path), path, jnp.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"x must hold at least one example"):
+        L.log_likelihood(mix.model_fn(path), path, np.zeros((0, 2), np.float32), num_steps=4)
+    with pytest.raises(ValueError, match=r"shape must be \(B, \.\.\.\) with positive sizes"):
+        L.sample_with_log_prob(mix.model_fn(path), path, jax.random.PRNGKey(0), (0, 2))
+    chex.assert_shape(x, (5, 2))
 
 
 def test_nfe_matches_counted_model_calls():

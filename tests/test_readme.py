@@ -28,7 +28,7 @@ def test_readme_python_tour_runs():
     checked_line = "fj.checked(jax.jit(path.coefficients))(jnp.array(1.5))"
     assert checked_line in code
     code = code.replace(checked_line, "_expect_raise(lambda: " + checked_line + ")")
-    code = code.replace("range(2000)", "range(20)")
+    code = code.replace("range(3000)", "range(20)")
 
     def _expect_raise(fn):
         with pytest.raises(Exception, match="valid range"):

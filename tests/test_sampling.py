@@ -1,5 +1,6 @@
 """``flowjax.sampling.sample``: API, reproducibility, predictions, guidance, compilation, bad input."""
 
+import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -289,3 +290,30 @@ def test_inconsistent_options(setup):
         sample(model, path, None, (4, 2))
     with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
         sample(model, path, key, (4, 2), num_steps=0)
+
+
+def test_bad_states_and_shapes_are_named(setup):
+    # A NaN or infinity in x_start would give NaN samples silently; a shape without an event axis
+    # or an empty batch would fail deep inside with an internal name.
+    model, path, key = setup
+    x = np.zeros((4, 2), np.float32)
+    x[1, 0] = np.nan
+    x[3, 1] = -np.inf
+    for bad in (x, x.astype(np.float64), jnp.asarray(x), x.tolist()):
+        with pytest.raises(
+            ValueError, match=r"x_start contains NaN or infinite values in row\(s\) \[1, 3\]"
+        ):
+            sample(model, path, None, None, x_start=bad, num_steps=2)
+    with pytest.raises(ValueError, match=r"shape must be \(B, \*event_shape\).*got \(5,\)"):
+        sample(model, path, key, (5,), num_steps=2)
+    with pytest.raises(ValueError, match=r"shape must be \(B, \.\.\.\) with positive sizes"):
+        sample(model, path, key, (0, 2), num_steps=2)
+    with pytest.raises(
+        ValueError, match=r"x_start must have a leading batch axis.*got shape \(5,\)"
+    ):
+        sample(model, path, None, None, x_start=np.zeros(5, np.float32), num_steps=2)
+    with pytest.raises(ValueError, match=r"x_start must hold at least one example"):
+        sample(model, path, None, None, x_start=jnp.zeros((0, 2)), num_steps=2)
+    good = sample(model, path, None, None, x_start=np.nan_to_num(x, neginf=0.0), num_steps=2)
+    chex.assert_shape(good.samples, (4, 2))
+    chex.assert_tree_all_finite(good.samples)

@@ -8,6 +8,7 @@ as Heun's method in ``sigma`` on ``x / alpha``. The model is the oracle's exact 
 difference is the solver's.
 """
 
+import itertools
 import math
 
 import chex
@@ -58,14 +59,16 @@ def _run(solver, path, ts, x0, prediction="velocity"):
 # ------------------------------------------------------------------ independent references
 
 
-def ref_dpmpp_2m(path, ts, x):
-    """Lu et al. (2022), Algorithm 2 (DPM-Solver++(2M)), with the data prediction."""
+def ref_dpmpp_2m(path, ts, x, lower_order_final=False):
+    """Lu et al. (2022), Algorithm 2 (DPM-Solver++(2M)), with the data prediction (and, with
+    ``lower_order_final``, the last step first order, as DPM-Solver's reference code does)."""
     d_prev, h_prev = None, None
-    for i in range(len(ts) - 1):
+    n = len(ts) - 1
+    for i in range(n):
         (_, b_s), (a_t, b_t) = _coef(path, ts[i]), _coef(path, ts[i + 1])
         h = _lam(path, ts[i + 1]) - _lam(path, ts[i])
         d = _denoise(path, x, ts[i])
-        if d_prev is None:
+        if d_prev is None or (lower_order_final and i == n - 1):
             big_d = d
         else:
             r = h_prev / h
@@ -83,18 +86,21 @@ def _integral(h, poly):
     return 0.5 * h * np.tensordot(weights, vals, axes=1)
 
 
-def ref_dpmpp_3m(path, ts, x):
+def ref_dpmpp_3m(path, ts, x, lower_order_final=False):
     """Step 1 DDIM, step 2 Algorithm 2, then the quadratic through the last three predictions in
-    lambda, integrated exactly against the exponential (the third-order multistep step)."""
+    lambda, integrated exactly against the exponential (the third-order multistep step); with
+    ``lower_order_final`` step ``i`` of ``N`` has order at most ``N - i``."""
     hist = []  # (lambda, D)
-    for i in range(len(ts) - 1):
+    n = len(ts) - 1
+    for i in range(n):
         (_, b_s), (a_t, b_t) = _coef(path, ts[i]), _coef(path, ts[i + 1])
         lam_s, lam_t = _lam(path, ts[i]), _lam(path, ts[i + 1])
         h = lam_t - lam_s
         hist.append((lam_s, _denoise(path, x, ts[i])))
-        if len(hist) == 1:
+        order = min(len(hist), 3, n - i if lower_order_final else 3)
+        if order == 1:
             step = -np.expm1(-h) * hist[-1][1]
-        elif len(hist) == 2:
+        elif order == 2:
             r = (lam_s - hist[-2][0]) / h
             step = -np.expm1(-h) * ((1 + 1 / (2 * r)) * hist[-1][1] - hist[-2][1] / (2 * r))
         else:
@@ -224,6 +230,18 @@ def test_dpmpp_3m_is_the_exact_quadratic_step(path, x64):
     )
 
 
+def test_lower_order_final_lowers_only_the_last_steps(x64):
+    # lower_order_final: order min(order, N - i) at step i (2M: a DDIM last step; 3M: the last
+    # two steps of orders 2 and 1); N evaluations either way. Off by default.
+    path = fj.VE()
+    x0 = _start(path, _TS)
+    for order, ref in ((2, ref_dpmpp_2m), (3, ref_dpmpp_3m)):
+        got = _run(solvers.DPMSolverPP(order=order, lower_order_final=True), path, _TS, x0)
+        chex.assert_trees_all_close(got, ref(path, _TS, x0, True), atol=1e-8, rtol=0)
+        plain = ref(path, _TS, x0)
+        assert np.max(np.abs(got - plain)) > 1e-6  # the option changes something
+
+
 @pytest.mark.parametrize("order", [2, 3])
 def test_unipc_bh2_with_corrector(order, x64):
     path = fj.CondOT()
@@ -319,7 +337,9 @@ def test_every_prediction_gives_the_same_samples(solver, x64):
             solver=solver, num_steps=8, t_start=0.01, t_end=0.99, time_grid="logsnr",
         ).samples  # fmt: skip
     for pred, x in out.items():
-        np.testing.assert_allclose(x, out["velocity"], rtol=1e-9, atol=1e-9, err_msg=pred)
+        chex.assert_trees_all_close(
+            x, out["velocity"], rtol=1e-9, atol=1e-9, custom_message=f"prediction {pred}"
+        )
 
 
 @pytest.mark.slow
@@ -382,6 +402,74 @@ def test_logsnr_grid_is_uniform_in_lambda_with_caps(x64):
     sig = np.array([_coef(cond, t)[1] / _coef(cond, t)[0] for t in g[1:-1]])
     np.testing.assert_allclose(sig[[0, -1]], [80.0, 0.002], rtol=1e-9)
     np.testing.assert_allclose(np.diff(np.log(sig)), np.diff(np.log(sig))[0], rtol=1e-7)
+
+
+# sigma(t) = beta/alpha and its inverse in closed form, written from each path's definition
+# (independent of the grid's bisection): CondOT (1 - t)/t; VE 0.01 * 5000^(1 - t); VP-linear
+# sqrt(e^B - 1) with B(s) = 0.1 s + 9.95 s^2, s = 1 - t; EDM (80^(1/7) + t (0.002^(1/7) -
+# 80^(1/7)))^7.
+_K_HI, _K_LO = 80.0 ** (1 / 7), 0.002 ** (1 / 7)
+_SIGMA = {
+    "condot": (lambda t: (1 - t) / t, lambda s: 1 / (1 + s)),
+    "ve": (
+        lambda t: 0.01 * 5000.0 ** (1 - t),
+        lambda s: 1 - np.log(s / 0.01) / np.log(5000.0),
+    ),
+    "vp": (
+        lambda t: np.sqrt(np.expm1(0.1 * (1 - t) + 9.95 * (1 - t) ** 2)),
+        lambda s: 1 - (np.sqrt(0.01 + 39.8 * np.log1p(s**2)) - 0.1) / 19.9,
+    ),
+    "edm": (
+        lambda t: (_K_HI + t * (_K_LO - _K_HI)) ** 7,
+        lambda s: (s ** (1 / 7) - _K_HI) / (_K_LO - _K_HI),
+    ),
+}
+_LOGSNR_CASES = {  # (t_start, t_end): both ends capped, either, neither, and ends equal to a cap
+    "condot": [(0.0, 1.0), (1e-3, 0.9), (0.02, 0.98), (1 / 81, 1 / 1.002)],
+    "ve": [(0.0, 1.0), (0.3, 0.9)],
+    "vp": [(0.0, 1 - 1e-5), (0.1, 0.9), (0.5, 1 - 1e-5)],
+    "edm": [(0.0, 1.0)],  # its ends are the caps 80 and 0.002 exactly
+}
+
+
+def _expected_logsnr_grid(name, n, t0, t1, s_max=80.0, s_min=0.002):
+    """Uniform in log sigma between the ends, or between the caps with one interval beyond each
+    cap that an end passes (by more than rounding)."""
+    sigma, time = _SIGMA[name]
+    with np.errstate(divide="ignore"):
+        s0, s1 = sigma(np.float64(t0)), sigma(np.float64(t1))
+    n_hi, n_lo = int(s0 > s_max * 1.01), int(s1 < s_min / 1.01)
+    hi, lo = (s_max if n_hi else s0), (s_min if n_lo else s1)
+    ts = time(np.exp(np.linspace(np.log(hi), np.log(lo), n - n_hi - n_lo + 1)))
+    ts = np.concatenate([[t0] * n_hi, ts, [t1] * n_lo])
+    ts[0], ts[-1] = t0, t1
+    return ts
+
+
+def test_logsnr_grid_against_closed_form_inverses(x64):
+    # VP, VE, CondOT and EDM, with ends at lambda = +-inf, beyond the caps, inside them and equal
+    # to them (EDM's ends in float32 land a rounding outside the caps: no zero-length interval).
+    paths = {"condot": fj.CondOT(), "ve": fj.VE(), "vp": fj.VPLinear(), "edm": fj.EDM()}
+    for name, cases in _LOGSNR_CASES.items():
+        for (t0, t1), n in itertools.product(cases, (4,)):
+            want = _expected_logsnr_grid(name, n, t0, t1)
+            for dtype, atol in ((jnp.float64, 1e-12), (jnp.float32, 5e-6)):
+                got = solvers.time_grid(
+                    paths[name], n, t_start=t0, t_end=t1, grid="logsnr", dtype=dtype
+                )
+                chex.assert_shape(got, (n + 1,))
+                chex.assert_trees_all_close(
+                    np.asarray(got, np.float64), want, atol=atol, rtol=0,
+                    custom_message=f"{name} [{t0}, {t1}] N={n} {dtype.__name__}",
+                )  # fmt: skip
+                assert np.all(np.diff(np.asarray(got)) > 0), (name, t0, t1, n, got)
+    # the spacing in lambda itself, from the closed form: equal steps between the caps
+    sigma, _ = _SIGMA["vp"]
+    g = np.asarray(solvers.time_grid(paths["vp"], 10, t_start=0.0, t_end=1 - 1e-5, grid="logsnr"))
+    lam = -np.log(sigma(g))
+    np.testing.assert_allclose(lam[[1, -2]], -np.log([80.0, 0.002]), rtol=1e-12)
+    np.testing.assert_allclose(np.diff(lam[1:-1]), np.diff(lam[1:-1])[0], rtol=1e-9)
+    assert lam[0] < lam[1] and lam[-1] > lam[-2]
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ import jax
 
 from experiments.benchmarks import (
     bench_data,
+    bench_few_step,
     bench_peers,
     bench_sampling,
     bench_scaling,
@@ -36,6 +37,7 @@ SUITE: dict[str, Callable[[bool], dict]] = {
     "peers": bench_peers.run,
     "training": bench_training.run,
     "sampling": bench_sampling.run,
+    "few_step": bench_few_step.run,
     "data": bench_data.run,
     "scaling": bench_scaling.run,
 }
@@ -400,6 +402,13 @@ def write_report(result: dict, path: str) -> None:
                 f"{row['wall_ms']:.1f} | {row['energy_distance']:.4f} |"
             )
         lines.append("")
+    if "few_step" in result:
+        lines += [
+            "## Few-step solvers (bench_few_step)",
+            "",
+            bench_few_step.report(result["few_step"]),
+            "",
+        ]
     if "scaling" in result:
         lines += [
             "## Multi-process scaling, remat and bfloat16 memory (bench_scaling)",

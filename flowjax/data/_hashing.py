@@ -22,7 +22,11 @@ STREAM_FLIP = 2
 STREAM_DEQUANTIZE = 3
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
+#: uint64 values: an array, or a numpy scalar where a 0-d array went through arithmetic.
+U64 = np.ndarray | np.uint64
+
+
+def mix64(x: U64) -> U64:
     """SplitMix64 finaliser of ``x + golden`` (uint64 in, uint64 out, wrapping arithmetic)."""
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
         z = np.asarray(x, dtype=np.uint64) + _GOLDEN
@@ -31,17 +35,17 @@ def mix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _u64(value: int) -> np.ndarray:
+def _u64(value: int) -> U64:
     return np.asarray(int(value) & _MASK64, dtype=np.uint64)
 
 
-def example_keys(seed: int, epoch: int, indices: np.ndarray, stream: int) -> np.ndarray:
+def example_keys(seed: int, epoch: int, indices: np.ndarray, stream: int) -> U64:
     """A 64-bit key per example: a hash of ``(seed, epoch, index, stream)``; shape of ``indices``."""
     base = mix64(mix64(mix64(_u64(seed)) ^ _u64(epoch)) ^ _u64(stream))
     return mix64(base ^ np.asarray(indices).astype(np.uint64))
 
 
-def uniform_from_keys(keys: np.ndarray, shape: tuple[int, ...] = ()) -> np.ndarray:
+def uniform_from_keys(keys: U64, shape: tuple[int, ...] = ()) -> np.ndarray:
     """float32 uniforms in ``[0, 1)``: ``[*keys.shape, *shape]``, one stream per key.
 
     Element ``j`` of key ``k``'s stream comes from the hash of ``k ^ (j // 2) * golden``: each 64-bit

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,7 @@ __all__ = [
 ValueRange = tuple[float, float]
 
 
+@runtime_checkable
 class Transform(Protocol):
     """``transform(batch, *, seed, epoch, indices) -> batch`` (dicts of NumPy arrays)."""
 

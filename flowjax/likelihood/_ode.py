@@ -214,6 +214,10 @@ def _check_x(x: Any, name: str = "x") -> Array:
         )
     arr = v.require_floating(arr, name)
     v.require_batched(arr, name)
+    if arr.shape[0] < 1:
+        raise ValueError(
+            f"{name} must hold at least one example; got an empty batch of shape {arr.shape}"
+        )
     v.check_finite(arr, name)
     return arr
 
@@ -395,8 +399,8 @@ def sample_with_log_prob(
     (``result.latent`` is ``z``). Same options as :func:`log_likelihood`.
     """
     _options(divergence, probe, num_probes, prediction)
-    if len(shape) < 1:
-        raise ValueError(f"shape must be (B, ...) with a batch axis; got {shape}")
+    if len(shape) < 1 or any(int(s) < 1 for s in shape):
+        raise ValueError(f"shape must be (B, ...) with positive sizes; got {tuple(shape)}")
     t0, t1 = _time_range(path, prediction, t_start, t_end)
     k_z, k_probe = jax.random.split(key)
     z = path.prior_sample(k_z, tuple(shape))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from flowjax.paths import PREDICTIONS, AbstractPath
 __all__ = ["ApplyFn", "LossFn", "make_loss"]
 
 
+@runtime_checkable
 class ApplyFn(Protocol):
     """``apply_fn(params, x, t, label, *, train, key) -> prediction`` of ``x``'s shape.
 
@@ -137,6 +138,10 @@ def make_loss(
         x1 = v.require_floating(batch["x"], 'batch["x"]')
         v.require_batched(x1, 'batch["x"]', 2)
         n = x1.shape[0]
+        if n == 0:
+            raise ValueError(
+                f'batch["x"] is empty (shape {x1.shape}); the loss needs at least one example'
+            )
         k_t, k_eps, k_pair, k_drop, k_model = jax.random.split(key, 5)
 
         label = None

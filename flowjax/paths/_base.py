@@ -104,7 +104,7 @@ class AbstractPath(eqx.Module):
         dtype = dtype or jnp.result_type(float)
         return self.prior_std().astype(dtype) * jax.random.normal(key, shape, dtype)
 
-    def prior_log_prob(self, x: Float[Array, "B ..."]) -> Float[Array, " B"]:
+    def prior_log_prob(self, x: Float[ArrayLike, "B ..."]) -> Float[Array, " B"]:
         """Log-density of each row of ``x`` under the prior ``N(0, beta(t_min)^2 I)``."""
         x = v.require_floating(x, "x")
         v.require_batched(x, "x")
@@ -113,7 +113,9 @@ class AbstractPath(eqx.Module):
         sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=1)
         return -0.5 * sq / std**2 - d * (jnp.log(std) + 0.5 * math.log(2 * math.pi))
 
-    def interpolate(self, x1: Float[Array, "B ..."], eps: Float[Array, "B ..."], t: Time) -> Array:
+    def interpolate(
+        self, x1: Float[ArrayLike, "B ..."], eps: Float[ArrayLike, "B ..."], t: Time
+    ) -> Array:
         """``x_t = alpha(t) x1 + beta(t) eps`` for ``t`` scalar or ``[B]``."""
         x1 = v.require_floating(x1, "x1")
         eps = v.require_floating(eps, "eps")
@@ -124,7 +126,7 @@ class AbstractPath(eqx.Module):
         return self.alpha(tb) * x1 + self.beta(tb) * eps
 
     def sample_conditional(
-        self, key: PRNGKeyArray, x1: Float[Array, "B ..."], t: Time
+        self, key: PRNGKeyArray, x1: Float[ArrayLike, "B ..."], t: Time
     ) -> tuple[Float[Array, "B ..."], Float[Array, "B ..."]]:
         """Draw ``x_t ~ p_t(. | x1)``; returns ``(x_t, eps)`` with ``eps ~ N(0, I)``."""
         x1 = v.require_floating(x1, "x1")
@@ -156,8 +158,8 @@ class AbstractPath(eqx.Module):
     def conditional_target(
         self,
         prediction: str,
-        x1: Float[Array, "B ..."],
-        eps: Float[Array, "B ..."],
+        x1: Float[ArrayLike, "B ..."],
+        eps: Float[ArrayLike, "B ..."],
         t: Time,
     ) -> Float[Array, "B ..."]:
         """The regression target of ``prediction`` for the pair ``(x1, eps)`` at ``t``.
@@ -175,7 +177,7 @@ class AbstractPath(eqx.Module):
         return c1 * x1 + c2 * eps
 
     def conditional_score(
-        self, xt: Float[Array, "B ..."], x1: Float[Array, "B ..."], t: Time
+        self, xt: Float[ArrayLike, "B ..."], x1: Float[ArrayLike, "B ..."], t: Time
     ) -> Float[Array, "B ..."]:
         """``grad log p_t(xt | x1) = -(xt - alpha x1) / beta^2`` (needs ``beta > 0``)."""
         xt = v.require_floating(xt, "xt")

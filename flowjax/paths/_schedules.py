@@ -31,7 +31,7 @@ class CondOT(AbstractPath):
     Valid on ``[0, 1]``; ``sigma_min > 0`` leaves ``beta(1) = sigma_min``.
     """
 
-    sigma_min: float = 0.0
+    sigma_min: float | Array = 0.0
 
     def alpha(self, t: Time) -> Float[Array, "*T"]:
         return _t(t)
@@ -49,8 +49,8 @@ class CondOT(AbstractPath):
 class _VPIntegral(AbstractPath):
     """Shared by VP and sub-VP: ``B(s) = int_0^s beta(r) dr`` with linear ``beta(r)`` and ``s = 1 - t``."""
 
-    beta_min: float = 0.1
-    beta_max: float = 20.0
+    beta_min: float | Array = 0.1
+    beta_max: float | Array = 20.0
 
     def _rate(self, t: jnp.ndarray) -> jnp.ndarray:  # beta(s) of the forward SDE
         return self.beta_min + (self.beta_max - self.beta_min) * (1.0 - t)
@@ -109,7 +109,7 @@ class VPCosine(AbstractPath):
     at ``t = 1``, so ``t_max = 1 - 1e-5``.
     """
 
-    s: float = 0.008
+    s: float | Array = 0.008
 
     def _rate(self) -> float | jnp.ndarray:
         return 0.5 * math.pi / (1.0 + self.s)
@@ -145,8 +145,8 @@ class VE(AbstractPath):
     spread) and ``beta(1) = sigma_min``. Valid on ``[0, 1]``.
     """
 
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
+    sigma_min: float | Array = 0.01
+    sigma_max: float | Array = 50.0
 
     def alpha(self, t: Time) -> Float[Array, "*T"]:
         return jnp.ones_like(_t(t))
@@ -170,9 +170,9 @@ class EDM(AbstractPath):
     neither ideal end.
     """
 
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
+    sigma_min: float | Array = 0.002
+    sigma_max: float | Array = 80.0
+    rho: float | Array = 7.0
 
     def _base(self, t: jnp.ndarray) -> jnp.ndarray:
         lo, hi = self.sigma_min ** (1.0 / self.rho), self.sigma_max ** (1.0 / self.rho)

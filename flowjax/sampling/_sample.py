@@ -254,9 +254,12 @@ def sample(
         # a float32/float16 numpy array stays on the host: the jitted sampler's own dispatch
         # transfers it, cheaper than an eager jnp.asarray (~35 us of a batch-1 call)
         host_ready = isinstance(x_start, np.ndarray) and x_start.dtype in (np.float32, np.float16)
+        _check_x_start_finite(x_start)
         if not host_ready:
             x_start = v.require_floating(x_start, "x_start")
-        v.require_batched(x_start, "x_start")
+        v.require_batched(x_start, "x_start", min_ndim=2)
+        if x_start.shape[0] < 1 or any(s < 1 for s in x_start.shape):
+            raise ValueError(f"x_start must hold at least one example; got shape {x_start.shape}")
         if shape is not None and tuple(shape) != x_start.shape:
             raise ValueError(f"shape {tuple(shape)} differs from x_start's shape {x_start.shape}")
         shape = x_start.shape
@@ -264,9 +267,7 @@ def sample(
     else:
         if shape is None:
             raise ValueError("shape is required when x_start is not given")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 1 or any(s < 1 for s in shape):
-            raise ValueError(f"shape must be (B, ...) with positive sizes; got {shape}")
+        shape = _check_shape(shape)
         dtype = jnp.result_type(float)
 
     # ---------------------------------------------------------------- time range and grid
@@ -368,6 +369,44 @@ def _check_few_step(
         raise ValueError("method='consistency' re-noises between steps: save_times do not apply")
 
 
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """``(B, *event_shape)`` with positive sizes and at least one event axis (a model maps states
+    ``[B, ...]`` with times ``[B]``; ``(B,)`` has no event axis for it to map)."""
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints (B, ...); got {shape!r}") from None
+    if len(shape) < 2:
+        raise ValueError(
+            f"shape must be (B, *event_shape) with at least one event axis, e.g. (B, 2) for 2-D "
+            f"points; got {shape}"
+        )
+    if any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (B, ...) with positive sizes; got {shape}")
+    return shape
+
+
+def _check_x_start_finite(x_start: Any) -> None:
+    """A NaN or infinity in ``x_start`` would silently give NaN samples: refuse it by name.
+
+    Host data (NumPy arrays, lists) are checked on the host; a concrete JAX array is checked where
+    reading it costs no transfer (CPU). Other JAX arrays, and traced ones, are checked inside the
+    compiled sampler in checked mode (:func:`flowjax.checked`).
+    """
+    if isinstance(x_start, jax.Array):
+        if not v.is_concrete(x_start):
+            return
+        if not all(d.platform == "cpu" for d in x_start.devices()):
+            return
+        if not jnp.issubdtype(x_start.dtype, jnp.floating):
+            return  # refused by dtype next
+        v.check_finite(x_start, "x_start")
+        return
+    arr = np.asarray(x_start)
+    if np.issubdtype(arr.dtype, np.floating):
+        v.check_finite(arr, "x_start")
+
+
 def _check_cond(cond: Any, batch: int) -> None:
     for leaf in jax.tree_util.tree_leaves(cond):
         leaf = jnp.asarray(leaf)
@@ -398,6 +437,7 @@ def _sample_jit(
         x0 = std * jax.random.normal(k_prior, cfg.shape, dtype)
     else:
         x0 = x_start
+        v.check_finite(x0, "x_start")  # a traced x_start: in checked mode only
     if sharding is not None:
         x0 = jax.device_put(x0, sharding)
     if isinstance(cfg.method, AbstractFewStepMethod):

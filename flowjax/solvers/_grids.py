@@ -15,7 +15,9 @@ every path whose signal-to-noise ratio grows with ``t`` (all of flowjax's). A gr
 Infinite ends: where ``sigma`` at the start exceeds ``sigma_max`` (``alpha = 0`` gives
 ``sigma = inf``) the first interval runs from the start to ``sigma = sigma_max``; the log-SNR grid
 likewise ends with one interval from ``sigma_min`` to the end where ``sigma`` there is below it
-(``beta = 0`` gives ``lambda = +inf``). The other intervals are spaced between the caps.
+(``beta = 0`` gives ``lambda = +inf``). The other intervals are spaced between the caps. An end
+within ``1e-3`` of a cap in ``log sigma`` (to rounding, as on the EDM path, whose ends are the caps)
+is not capped: its grid is spaced from the end itself.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ EDM_SIGMA_MAX = 80.0
 #: EDM's smallest noise level (the default end cap of the log-SNR grid).
 EDM_SIGMA_MIN = 0.002
 _BISECTION_ITERS = 64
+#: An end's noise level must pass a cap by more than this in ``log sigma`` to get its own interval.
+_CAP_LOG_TOL = 1e-3
 
 
 def noise_to_signal(path: AbstractPath, t: Any) -> Array:
@@ -118,10 +122,14 @@ def _sigma_spaced(
     """Grid on ``t0 <= t1`` spaced by ``nodes(s_hi, s_lo, frac)`` in sigma between the caps."""
     dtype = t0.dtype
     s_start, s_end = noise_to_signal(path, t0), noise_to_signal(path, t1)
-    cap_hi = s_start > sigma_max
-    cap_lo = s_end < sigma_min
-    s_hi = jnp.minimum(s_start, jnp.asarray(sigma_max, dtype))
-    s_lo = jnp.maximum(s_end, jnp.asarray(sigma_min, dtype))
+    # An end whose level equals a cap up to rounding is not capped: the EDM path's sigma(0) = 80
+    # and sigma(1) = 0.002 computed in float32 land just outside [0.002, 80], and a strict
+    # comparison spent one step on an interval of zero length (a repeated grid time).
+    tol = jnp.asarray(_CAP_LOG_TOL, dtype)
+    cap_hi = jnp.log(s_start) > jnp.log(jnp.asarray(sigma_max, dtype)) + tol
+    cap_lo = jnp.log(s_end) < jnp.log(jnp.asarray(sigma_min, dtype)) - tol
+    s_hi = jnp.where(cap_hi, jnp.asarray(sigma_max, dtype), s_start)
+    s_lo = jnp.where(cap_lo, jnp.asarray(sigma_min, dtype), s_end)
     n_hi, n_lo = cap_hi.astype(dtype), cap_lo.astype(dtype)
     spaced = jnp.maximum(num_steps - n_hi - n_lo, 1.0)
     j = jnp.arange(num_steps + 1, dtype=dtype)

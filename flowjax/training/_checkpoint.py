@@ -14,6 +14,10 @@ A checkpoint (one directory per step) holds four items:
 * ``meta``: JSON with the step, the state's layout (path, shape and dtype of every array), the
   caller's metadata and a CRC of its own content.
 
+Checkpoints dropped by ``max_to_keep`` are first renamed into ``deleted/`` (one atomic rename,
+done by orbax) and removed from there in a background thread: a process killed while deleting
+one never leaves a half-deleted step directory that looks like a checkpoint.
+
 Restoring tries the newest step first. A checkpoint that cannot be read, or whose arrays, data
 states or metadata do not match their checksums, is moved aside (into ``corrupt/``, never
 deleted) with a warning and the previous one is tried: a damaged checkpoint is never loaded. A
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +42,7 @@ from etils import epath
 from jaxtyping import PyTree
 from orbax.checkpoint import options as ocp_options
 
+from flowjax.parallel import is_primary
 from flowjax.training._checksum import (
     json_crc32,
     merge_checksums,
@@ -46,6 +52,7 @@ from flowjax.training._checksum import (
 from flowjax.training._state import all_finite
 
 FORMAT = 2  # 2: CRC-32 checksums (1: a weak position-weighted sum, no longer written)
+DELETED = "deleted"  # dropped checkpoints are renamed into this subdirectory, then removed
 
 
 class CheckpointLayoutError(ValueError):
@@ -95,6 +102,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,
+            # a rename, not a recursive delete that a kill can interrupt half-way (see _purge)
+            todelete_subdir=DELETED,
         )
         handlers = {
             "state": ocp.StandardCheckpointHandler(),
@@ -111,6 +120,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
+        self._purger: threading.Thread | None = None
+        self._purge()  # what a killed run left in deleted/
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -148,6 +159,7 @@ class Checkpointer:
                 f"refusing to save a checkpoint at step {step}: the state holds NaN or infinite "
                 "values"
             )
+        self._purge(background=True)
         sums = {"arrays": state_checksums(state), "data": json_crc32(data_state)}
         meta = {
             "format": FORMAT,
@@ -320,7 +332,7 @@ class Checkpointer:
             stacklevel=3,
         )
         src = self.directory / str(step)
-        if jax.process_index() == 0 and src.exists():
+        if is_primary() and src.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             src.rename(dest)
         if jax.process_count() > 1:
@@ -331,10 +343,46 @@ class Checkpointer:
 
     # -- lifetime --------------------------------------------------------------------------------
 
+    def _purge(self, background: bool = False) -> None:
+        """Remove the checkpoints that orbax moved into ``deleted/`` (primary process only).
+
+        Orbax renames a checkpoint dropped by ``max_to_keep`` into ``deleted/<step>`` (atomic) in
+        its finalising thread; removing it from there can be interrupted at any point without
+        leaving a step directory that lists as a checkpoint. ``background``: in a thread (one at
+        a time), so that the train loop does not wait for a large checkpoint's deletion.
+        """
+        if not is_primary():
+            return
+        if self._purger is not None:
+            if self._purger.is_alive():
+                if background:
+                    return  # the running purge, or the next one, takes the rest
+                self._purger.join()
+            self._purger = None
+        folder = self.directory / DELETED
+
+        def purge() -> None:
+            try:
+                entries = list(folder.iterdir()) if folder.exists() else []
+            except OSError:
+                return
+            for entry in entries:
+                try:
+                    entry.rmtree() if entry.is_dir() else entry.unlink()
+                except OSError as err:  # retried at the next save or start
+                    warnings.warn(f"could not remove {entry}: {err}", stacklevel=1)
+
+        if background:
+            self._purger = threading.Thread(target=purge, name="flowjax-purge", daemon=True)
+            self._purger.start()
+        else:
+            purge()
+
     def close(self) -> None:
-        """Finish pending saves and release the manager."""
+        """Finish pending saves and deletions, and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+        self._purge()
 
     def __enter__(self) -> Checkpointer:
         return self
