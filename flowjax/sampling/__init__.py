@@ -12,6 +12,8 @@
 * :class:`PredictorCorrector` (``"pc"``): Langevin corrector with SNR step sizes (score SDE).
 * :class:`AnnealedLangevin` (``"langevin"``): annealed Langevin dynamics.
 * :class:`EDMStochastic` (``"edm"``): Karras et al.'s stochastic sampler for any path.
+* :class:`MeanFlow` (``"meanflow"``), :class:`Shortcut` (``"shortcut"``), :class:`Consistency`
+  (``"consistency"``): few-step sampling of two-time / consistency models, one call per step.
 
 Classifier-free guidance is a model wrapper (:func:`guided_model`, one batched call of the
 conditional and null predictions), as are classifier guidance and posterior sampling
@@ -45,6 +47,7 @@ from flowjax.sampling._methods import (
     PredictorCorrector,
     get_method,
 )
+from flowjax.sampling._onestep import Consistency, MeanFlow, Shortcut
 from flowjax.sampling._sample import (
     SAMPLING_DATA_END_MARGIN,
     SampleResult,
@@ -61,10 +64,13 @@ __all__ = [
     "SIGMA_NAMES",
     "AbstractSamplingMethod",
     "AnnealedLangevin",
+    "Consistency",
     "EDMStochastic",
     "GuidedModel",
+    "MeanFlow",
     "PredictorCorrector",
     "SampleResult",
+    "Shortcut",
     "get_method",
     "guided_model",
     "langevin_corrector",

@@ -24,6 +24,7 @@ from flowjax.sampling._methods import (
     get_method,
 )
 from flowjax.sampling._model import Field, check_model_output
+from flowjax.sampling._onestep import AbstractFewStepMethod, run_few_step
 from flowjax.sampling._sde import NoiseSchedule, noise_schedule
 
 #: Default end ``1 - SAMPLING_DATA_END_MARGIN`` of score-based sampling (score SDE's ``eps = 1e-3``),
@@ -56,8 +57,8 @@ class _Conditioned(eqx.Module):
     model_fn: Callable[..., Array]
     cond: Any
 
-    def __call__(self, x: Array, t: Array) -> Array:
-        return self.model_fn(x, t, self.cond)
+    def __call__(self, x: Array, t: Array, **kw: Any) -> Array:
+        return self.model_fn(x, t, self.cond, **kw)
 
 
 class _Config(NamedTuple):
@@ -197,7 +198,10 @@ def sample(
       prediction: ``velocity``, ``score``, ``eps``, ``x1`` or ``v``.
       method: a method object or its shortcut name: :class:`ODE` (``"ode"``), :class:`SDE`
         (``"sde"``: ``sigma="reverse"``), :class:`PredictorCorrector` (``"pc"``),
-        :class:`AnnealedLangevin` (``"langevin"``), :class:`EDMStochastic` (``"edm"``).
+        :class:`AnnealedLangevin` (``"langevin"``), :class:`EDMStochastic` (``"edm"``), and the
+        few-step methods :class:`MeanFlow` (``"meanflow"``, ``model_fn(x, t, t2=r)``),
+        :class:`Shortcut` (``"shortcut"``, ``model_fn(x, t, t2=d)``) and :class:`Consistency`
+        (``"consistency"``): one model call per grid interval (see :mod:`flowjax.sampling._onestep`).
       solver: a :mod:`flowjax.solvers` object or its shortcut name. ODE: euler, heun, midpoint,
         ralston, bosh3, tsit5, dopri5, dopri8, and the exponential integrators dpmpp_2m, dpmpp_3m,
         dpmpp_2s, unipc, unipc_3 (fixed grids). SDE (and ``pc`` with ``sigma != 0``): euler
@@ -246,7 +250,9 @@ def sample(
     stochastic = kind == "sde" or (kind == "pc" and not sched.is_zero)
     solver_obj = _resolve_solver(solver, meth, stochastic, adapt is not None)
     num_steps = _check_positive_int(num_steps, "num_steps")
-    if key is None and (x_start is None or kind != "ode"):
+    if isinstance(meth, AbstractFewStepMethod):
+        _check_few_step(meth, prediction, solver, denoise_final, save_times)
+    if key is None and (x_start is None or kind not in ("ode", "meanflow", "shortcut")):
         raise ValueError("key is required unless method='ode' starts from a given x_start")
 
     # ---------------------------------------------------------------- state
@@ -352,6 +358,24 @@ def sample(
     return _sample_jit(model, path, key, x_start, grid_arr, save_arr, sched, sharding, cfg)
 
 
+def _check_few_step(
+    meth: AbstractFewStepMethod, prediction: str, solver: Any, denoise_final: bool, save_times: Any
+) -> None:
+    """What the few-step methods (MeanFlow, shortcut, consistency) do not take."""
+    name = f"method={meth.kind!r}"
+    if prediction not in meth.predictions:
+        raise ValueError(
+            f"{name}: the model's output is fixed by the method; prediction must be one of "
+            f"{meth.predictions}, got {prediction!r}"
+        )
+    if not (solver == "euler" or type(solver) is solvers.Euler):
+        raise ValueError(f"{name} takes its own steps; leave solver at its default, got {solver!r}")
+    if denoise_final:
+        raise ValueError(f"{name} does not take denoise_final")
+    if save_times is not None and meth.kind == "consistency":
+        raise ValueError("method='consistency' re-noises between steps: save_times do not apply")
+
+
 def _check_shape(shape: Any) -> tuple[int, ...]:
     """``(B, *event_shape)`` with positive sizes and at least one event axis (a model maps states
     ``[B, ...]`` with times ``[B]``; ``(B,)`` has no event axis for it to map)."""
@@ -425,7 +449,10 @@ def _sample_jit(
         v.check_finite(x0, "x_start")  # a traced x_start: in checked mode only
     if sharding is not None:
         x0 = jax.device_put(x0, sharding)
-    check_model_output(model, x0)
+    if isinstance(cfg.method, AbstractFewStepMethod):
+        cfg.method.check_model(model, x0)
+    else:
+        check_model_output(model, x0)
     field = Field(model, path, cfg.prediction)
 
     grid: Array | None
@@ -450,7 +477,10 @@ def _sample_jit(
     kind = cfg.method.kind
     solver = cfg.solver
 
-    if kind in ("ode", "sde") and isinstance(solver, solvers.AbstractExponentialSolver):
+    if isinstance(cfg.method, AbstractFewStepMethod):
+        x, traj, nfe = run_few_step(cfg.method, model, path, x0, fixed_grid, k_noise, save_arr)
+        acc, rej = steps, zero
+    elif kind in ("ode", "sde") and isinstance(solver, solvers.AbstractExponentialSolver):
         x, traj = solver.integrate(
             lambda y, t: field.to("x1", y, t), path, x0, fixed_grid, save_arr
         )
