@@ -71,7 +71,7 @@ class MeasurementGuided(eqx.Module):
     method: str = eqx.field(static=True)
 
     def measurement_score(
-        self, x: Float[Array, "B ..."], t: Float[ArrayLike, " B"]
+        self, x: Float[Array, "B ..."], t: Float[ArrayLike, ""] | Float[ArrayLike, " B"]
     ) -> tuple[Float[Array, "B ..."], Float[Array, "B ..."]]:
         """(the prior prediction, the approximate ``grad_x log p_t(y | x)`` before ``scale``)."""
         x = self.operator.check_x(x)
@@ -108,7 +108,7 @@ class MeasurementGuided(eqx.Module):
         return pred, grad
 
     def __call__(
-        self, x: Float[Array, "B ..."], t: Float[ArrayLike, " B"]
+        self, x: Float[Array, "B ..."], t: Float[ArrayLike, ""] | Float[ArrayLike, " B"]
     ) -> Float[Array, "B ..."]:
         pred, grad = self.measurement_score(x, t)
         tb = v.batch_time(t, grad)
@@ -218,7 +218,7 @@ def pigdm(
     prediction: str = "velocity",
     noise_std: float,
     scale: float = 1.0,
-    data_var: float = 1.0,
+    data_var: Float[ArrayLike, ""] = 1.0,
     guidance_start: float = 0.0,
 ) -> MeasurementGuided:
     """Pseudo-inverse-guided posterior sampling (PiGDM, Song et al. 2023).
