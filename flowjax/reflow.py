@@ -373,7 +373,7 @@ def nfe_quality(
     n: int | None = None,
     cond: Any = None,
     statistic: Callable[[Array, Array], Array] | None = None,
-) -> list[dict[str, float]]:
+) -> list[dict[str, int | float]]:
     """Sample quality against the number of function evaluations (NFE) of a fixed-step ODE solver.
 
     Every step count starts from the same noise (common random numbers), so differences between

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, no_type_check
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,10 @@ import optax
 from jaxtyping import Array, PyTree, UInt32
 
 
+# The field types describe a live state; pytree transforms also build TrainStates of numpy
+# leaves (device_get), shardings or ShapeDtypeStructs, so runtime checkers (FLOWJAX_TYPECHECK=1,
+# whose import hook honours no_type_check) skip the class.
+@no_type_check
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
