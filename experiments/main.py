@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -97,38 +98,37 @@ def main(argv: list[str]) -> None:
             FLAGS.process_id,
         )
     # imported after jax.distributed is initialised: nothing may touch a device before
-    from experiments import evaluation as eval_lib
-    from experiments import train as train_lib
+    from experiments import evaluate, io, sample, train
+    from experiments.evaluators.inception import InceptionWeightsError
+    from experiments.schema import ConfigError
     from flowjax.training import CheckpointLayoutError
 
     try:
         config = _CONFIG.value
     except Exception as err:  # raised by the config file's get_config
         _fail(f"could not load the config {FLAGS['config'].config_filename}: {err}")
+    jobs = {
+        "train": train.train,
+        "sample": sample.sample,
+        "eval": evaluate.evaluate,
+        "all": evaluate.train_and_evaluate,
+    }
     t0 = time.perf_counter()
     try:
-        if FLAGS.mode == "train":
-            train_lib.train(config, FLAGS.workdir)
-            result = None
-        elif FLAGS.mode == "sample":
-            files = train_lib.sample(config, FLAGS.workdir)
-            result = None
-            train_lib._log("samples: " + ", ".join(str(p) for p in files.values()))
-        elif FLAGS.mode == "eval":
-            result = train_lib.evaluate(config, FLAGS.workdir)
-        else:
-            result = train_lib.train_and_evaluate(config, FLAGS.workdir)
+        result = jobs[FLAGS.mode](config, FLAGS.workdir)
     except (
-        train_lib.ConfigError,
-        eval_lib.InceptionWeightsError,
+        ConfigError,
+        InceptionWeightsError,
         CheckpointLayoutError,
         FileNotFoundError,
         PermissionError,
     ) as err:
         _fail(str(err))
-    train_lib._log(f"done in {time.perf_counter() - t0:.0f} s (--mode={FLAGS.mode})")
-    if result is not None:
-        train_lib._log(train_lib.summary(result, train_lib.Path(FLAGS.workdir).absolute()))
+    if FLAGS.mode == "sample":
+        io.log("samples: " + ", ".join(str(p) for p in result.values()))
+    io.log(f"done in {time.perf_counter() - t0:.0f} s (--mode={FLAGS.mode})")
+    if FLAGS.mode in ("eval", "all"):
+        io.log(evaluate.summary(result, Path(FLAGS.workdir).absolute()))
 
 
 def run() -> None:

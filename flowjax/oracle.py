@@ -182,7 +182,7 @@ class GaussianMixture(eqx.Module):
             0.0,
             -jnp.inf,
         )
-        in_axes = (0, 0 if t.ndim else None, 0 if t.ndim else None, 0)
+        in_axes: tuple[int | None, ...] = (0, 0 if t.ndim else None, 0 if t.ndim else None, 0)
         return jax.vmap(self._stats_one, in_axes=in_axes)(x, alpha, beta, masked)
 
     def log_prob(

@@ -73,7 +73,7 @@ def _checked_inputs(value: Any, x: Any, t: Any, path: AbstractPath) -> tuple[Arr
     tb = v.batch_time(t, x)
     v.check_time_range(tb, path.t_min, path.t_max)
     v.check_value(jnp.all(jnp.isfinite(value)), "value (the model prediction) is not finite")
-    return value, x, tb
+    return v.promote(value, x, tb)
 
 
 def convert(

@@ -12,6 +12,7 @@ k-rectified flow. Pieces, each usable on its own:
 * :func:`train_on_couplings` — one reflow round through :mod:`flowjax.training`;
 * :func:`straightness`, :func:`trajectory_straightness` — Liu et al.'s
   ``S = int E ||(X_1 - X_0) - dX_t/dt||^2 dt`` of ODE trajectories (0 for straight lines);
+* :func:`nfe_curve` — the one NFE sweep: a score of each sampler variant's samples, with its NFE.
 * :func:`nfe_quality` — sample quality (energy distance to reference data) against the number of
   Euler (or any solver's) function evaluations.
 """
@@ -53,6 +54,7 @@ from flowjax.training import (
 __all__ = [
     "generate_couplings",
     "make_coupling_loss",
+    "nfe_curve",
     "nfe_quality",
     "straightness",
     "train_on_couplings",
@@ -328,6 +330,36 @@ def trajectory_straightness(
 # ---------------------------------------------------------------------------- NFE vs quality
 
 
+def nfe_curve(
+    run: Callable[..., tuple[Any, ...]],
+    variants: Sequence[Mapping[str, Any]],
+    score: Callable[[Array], Any],
+    *,
+    score_name: str = "score",
+) -> list[dict[str, Any]]:
+    """The one NFE sweep: ``score`` of the samples of each sampler variant, with its NFE.
+
+    Args:
+      run: ``run(**variant) -> (samples, nfe)`` or ``(samples, nfe, extras)`` (a dict of further
+        row entries, e.g. wall time); the caller fixes the noise (common random numbers) and
+        everything the variants share. ``nfe`` may be a Python float (a mean over batches), kept
+        as it is; otherwise it is read as an integer.
+      variants: the sampler settings to try, e.g. ``[{"num_steps": 4}, {"num_steps": 8}]``.
+      score: ``score(samples) -> scalar`` (a distance to reference data, a classifier FD, ...).
+      score_name: the row key of the score.
+
+    Returns:
+      one dict per variant: the variant's keys, ``nfe``, ``score_name`` and the extras.
+    """
+    rows = []
+    for variant in variants:
+        samples, nfe, *extras = run(**variant)
+        nfe = nfe if isinstance(nfe, float) else int(nfe)
+        row = {**variant, "nfe": nfe, score_name: float(score(samples))}
+        rows.append({**row, **(extras[0] if extras else {})})
+    return rows
+
+
 def nfe_quality(
     model_fn: Callable[..., Array],
     path: AbstractPath,
@@ -362,12 +394,13 @@ def nfe_quality(
     x_start = path.beta(jnp.asarray(t0, reference.dtype)) * jax.random.normal(
         key, (n, *reference.shape[1:]), reference.dtype
     )
-    rows = []
-    for k in num_steps:
+
+    def run(num_steps: int) -> tuple[Array, Array]:
         res = sample(
             model_fn, path, None, None, x_start=x_start, prediction=prediction, solver=solver,
-            num_steps=int(k), t_start=t0, cond=cond,
+            num_steps=num_steps, t_start=t0, cond=cond,
         )  # fmt: skip
-        d = float(stat(res.samples, reference))
-        rows.append({"num_steps": int(k), "nfe": int(res.nfe), "distance": d})
-    return rows
+        return res.samples, res.nfe
+
+    rows = nfe_curve(run, [{"num_steps": int(k)} for k in num_steps], lambda x: stat(x, reference))
+    return [{"num_steps": r["num_steps"], "nfe": r["nfe"], "distance": r["score"]} for r in rows]

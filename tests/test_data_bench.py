@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import pytest
 
 
@@ -11,7 +12,7 @@ def test_bench_data_quick_run():
 
     out = bench_data.run(quick=True)
     json.dumps(out)
-    assert out["batch_size"] == 512
+    chex.assert_equal(out["batch_size"], 512)
     expected = {
         "digits/flowjax",
         "digits/grain_raw_serial",
@@ -21,4 +22,5 @@ def test_bench_data_quick_run():
         "toy/checkerboard_jit_sampler",
     }
     assert expected <= set(out["results"])
+    chex.assert_tree_all_finite(out["results"])
     assert all(v > 0 for v in out["results"].values())

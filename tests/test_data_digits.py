@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +27,7 @@ def test_digits_splits_shapes_range_labels():
         assert label.dtype == np.int32 and set(np.unique(label)) == set(range(10))
         assert x.min() == -1.0 and x.max() == 1.0
         assert levels.dtype == np.uint8 and levels.min() == 0 and levels.max() == 16
-        np.testing.assert_array_equal(x, -1.0 + levels.astype(np.float32) / 8.0)
+        chex.assert_trees_all_equal(x, -1.0 + levels.astype(np.float32) / 8.0)
     assert sizes == {"train": 1500, "test": 297, "all": 1797} == fd.DIGITS_SPLITS
     # the splits partition the data set and keep sklearn's images and labels
     tr_lev, tr_lab = fd.digits_arrays("train")
@@ -43,14 +44,14 @@ def test_digits_splits_shapes_range_labels():
         np.bincount(raw.target, minlength=10),
     )
     lev_all, lab_all = fd.digits_arrays("all")
-    np.testing.assert_array_equal(lab_all, raw.target)
-    np.testing.assert_array_equal(lev_all[..., 0], np.rint(raw.images))
+    chex.assert_trees_all_equal(lab_all, raw.target)
+    chex.assert_trees_all_equal(lev_all[..., 0], np.rint(raw.images))
 
 
 def test_digits_split_is_fixed():
     a, _ = fd.digits_arrays("test")
     b, _ = fd.digits_arrays("test")
-    np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(a, b)
     with pytest.raises(ValueError, match="train, test, all"):
         fd.get_dataset("digits", "validation")
 
@@ -69,9 +70,11 @@ def test_scale_and_to_levels_round_trip():
     k = np.arange(256, dtype=np.uint8)
     x = fd.scale_levels(k, 256)
     assert x[0] == -1.0 and x[-1] == 1.0 and x.dtype == np.float32
-    np.testing.assert_array_equal(fd.to_levels(x, 256), k)
-    np.testing.assert_array_equal(fd.to_levels(np.array([-3.0, 3.0]), 17), [0, 16])
-    np.testing.assert_allclose(fd.scale_levels([0, 8, 16], 17, (0.0, 1.0)), [0.0, 0.5, 1.0])
+    chex.assert_trees_all_equal(fd.to_levels(x, 256), k)
+    chex.assert_trees_all_equal(fd.to_levels(np.array([-3.0, 3.0]), 17), np.asarray([0, 16]))
+    chex.assert_trees_all_close(
+        fd.scale_levels([0, 8, 16], 17, (0.0, 1.0)), np.asarray([0.0, 0.5, 1.0]), rtol=1e-7
+    )
     with pytest.raises(ValueError, match="num_levels"):
         fd.scale_levels(k, 1)
     with pytest.raises(ValueError, match="value_range"):
@@ -112,14 +115,14 @@ def test_image_transform_dequantize_is_deterministic_and_in_bins():
     t = fd.ImageTransform(num_levels=17, dequantize=True, keep_levels=True)
     a = t(batch, seed=3, epoch=1, indices=idx)
     b = t(batch, seed=3, epoch=1, indices=idx)
-    np.testing.assert_array_equal(a["x"], b["x"])
+    chex.assert_trees_all_equal(a["x"], b["x"])
     frac = (a["x"] + 1.0) / (2.0 / 17) - levels
     assert frac.min() >= 0.0 and frac.max() < 1.0 and abs(frac.mean() - 0.5) < 0.02
-    np.testing.assert_array_equal(a["levels"], levels)
+    chex.assert_trees_all_equal(a["levels"], levels)
     assert a["label"].dtype == np.int32
     # noise of one row depends on (seed, epoch, index) only, not on its batch
     half = t({"image": levels[10:20], "label": np.arange(10)}, seed=3, epoch=1, indices=idx[10:20])
-    np.testing.assert_array_equal(half["x"], a["x"][10:20])
+    chex.assert_trees_all_equal(half["x"], a["x"][10:20])
     c = t(batch, seed=3, epoch=2, indices=idx)
     assert not np.array_equal(c["x"], a["x"])
 
@@ -133,10 +136,10 @@ def test_random_flip_is_per_example_and_deterministic():
     out = t({"image": levels}, seed=0, epoch=0, indices=idx)
     flipped = flip_mask(0, 0, idx)
     assert 0.35 < flipped.mean() < 0.65
-    np.testing.assert_array_equal(out["levels"][flipped], levels[flipped][:, :, ::-1])
-    np.testing.assert_array_equal(out["levels"][~flipped], levels[~flipped])
+    chex.assert_trees_all_equal(out["levels"][flipped], levels[flipped][:, :, ::-1])
+    chex.assert_trees_all_equal(out["levels"][~flipped], levels[~flipped])
     assert "label" not in out
-    np.testing.assert_array_equal(levels, before)  # the input batch is not modified
+    chex.assert_trees_all_equal(levels, before)  # the input batch is not modified
     other = flip_mask(0, 1, idx)
     assert 0.3 < np.mean(other != flipped) < 0.7  # a fresh coin per epoch
     with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):

@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import numpy as np
 import pytest
 
@@ -28,7 +29,7 @@ def test_permutation_is_a_permutation_and_depends_on_seed_and_epoch():
     assert sorted(p.tolist()) == list(range(1000))
     assert not np.array_equal(p, _hashing.permutation(0, 1, 1000))
     assert not np.array_equal(p, _hashing.permutation(1, 0, 1000))
-    np.testing.assert_array_equal(p, _hashing.permutation(0, 0, 1000))
+    chex.assert_trees_all_equal(p, _hashing.permutation(0, 0, 1000))
     # the hash is SplitMix64 (first outputs of the reference generator seeded with 0), so data
     # orders do not depend on NumPy's generators
     out = _hashing.mix64(np.array([0, 0x9E3779B97F4A7C15], dtype=np.uint64))
@@ -47,7 +48,7 @@ def test_same_seed_same_batches_different_seed_different():
     c = take(fd.make_iterator(src, global_batch_size=64, seed=8, process_count=1), 40)
     for x, y in zip(a, b, strict=True):
         for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
+            chex.assert_trees_all_equal(x[k], y[k])
     assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, c, strict=True))
 
 
@@ -62,7 +63,7 @@ def test_epochs_are_permutations_and_reshuffled():
     ordered = fd.make_iterator(
         indexed_source(n), global_batch_size=g, seed=0, shuffle=False, process_count=1
     )
-    np.testing.assert_array_equal(next(ordered)["label"], np.arange(g))
+    chex.assert_trees_all_equal(next(ordered)["label"], np.arange(g))
 
 
 @pytest.mark.parametrize("stop", [0, 1, 6, 7, 13])
@@ -78,7 +79,7 @@ def test_exact_resumption_mid_epoch_through_json(stop):
     for expected, got in zip(ref[stop:], take(fresh, 20 - stop), strict=True):
         assert set(expected) == set(got)
         for k in expected:
-            np.testing.assert_array_equal(expected[k], got[k])
+            chex.assert_trees_all_equal(expected[k], got[k])
 
 
 def test_state_contents_and_mismatch_errors():
@@ -118,7 +119,7 @@ def test_sharded_over_8_processes_each_example_once_per_epoch():
             assert all(part["x"].shape == (g // p, 2) for part in parts)
             glob = np.concatenate([part["label"] for part in parts])
             # the processes' slices, in process order, are the one-process global batch
-            np.testing.assert_array_equal(glob, next(single)["label"])
+            chex.assert_trees_all_equal(glob, next(single)["label"])
             seen.append(glob)
         seen = np.concatenate(seen)
         assert len(seen) == len(np.unique(seen)) == steps * g  # nothing twice
@@ -139,7 +140,7 @@ def test_state_restores_under_a_different_process_count():
         halves.append(take(it, 5))
     for k in range(5):
         glob = np.concatenate([halves[0][k]["label"], halves[1][k]["label"]])
-        np.testing.assert_array_equal(glob, expected[k]["label"])
+        chex.assert_trees_all_equal(glob, expected[k]["label"])
 
 
 def test_no_drop_remainder_pads_with_mask_and_covers_everything():
@@ -178,13 +179,13 @@ def test_flips_independent_of_batch_size_and_process_count():
     )
     first = next(a)  # examples 0..299
     second = next(b)  # process 1 of 2, batch 0: examples 50..99
-    np.testing.assert_array_equal(second["x"], first["x"][50:100])
+    chex.assert_trees_all_equal(second["x"], first["x"][50:100])
     levels = fd.digits_arrays("train")[0][:300]
     x = fd.scale_levels(levels, 17)
     flipped = ~np.all(first["x"] == x, axis=(1, 2, 3))
     symmetric = np.all(levels == levels[:, :, ::-1], axis=(1, 2, 3))
     assert 0.3 < flipped.mean() < 0.7
-    np.testing.assert_array_equal(first["x"][flipped], x[flipped][:, :, ::-1])
+    chex.assert_trees_all_equal(first["x"][flipped], x[flipped][:, :, ::-1])
     assert not np.any(flipped & symmetric)
 
 
@@ -225,4 +226,4 @@ def test_plain_sources_without_get_batch_are_stacked():
     it = fd.make_iterator(ListSource(50), global_batch_size=10, seed=0, process_count=1)
     b = next(it)
     assert b["x"].shape == (10, 2) and b["label"].dtype == np.int32
-    np.testing.assert_array_equal(b["x"][:, 0], b["label"])
+    chex.assert_trees_all_equal(b["x"][:, 0], b["label"])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import numpy as np
 import portpicker
 import pytest
@@ -87,6 +88,6 @@ def test_two_processes_assemble_the_one_process_global_batch():
             ).hexdigest()
         )
     for r in results:
-        assert r["local"] == 32
-        assert r["digests"] == expected
-        assert r["state"] == ref.get_state()
+        chex.assert_equal(r["local"], 32)
+        chex.assert_equal(r["digests"], expected)
+        chex.assert_equal(r["state"], ref.get_state())

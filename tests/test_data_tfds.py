@@ -3,6 +3,7 @@ ArrayRecord reading path on a data set written locally by prepare_from_arrays (n
 
 import json
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -41,7 +42,7 @@ def test_mock_datasets_give_scaled_batches(name, in_memory, mock, tmp_path):
     levels = ds.as_arrays()["levels"]
     assert levels.dtype == np.uint8 and levels.shape == (96, *SHAPES[name])
     raw = tfds.data_source(name, split="train", download=False)[5]["image"]
-    np.testing.assert_array_equal(levels[5], raw)
+    chex.assert_trees_all_equal(levels[5], raw)
 
 
 def test_mock_record_and_in_memory_paths_agree(mock):
@@ -51,14 +52,14 @@ def test_mock_record_and_in_memory_paths_agree(mock):
     b = fd.make_iterator(rec, global_batch_size=48, seed=4, process_count=1)
     for _ in range(4):
         x, y = next(a), next(b)
-        np.testing.assert_array_equal(x["x"], y["x"])
-        np.testing.assert_array_equal(x["label"], y["label"])
+        chex.assert_trees_all_equal(x["x"], y["x"])
+        chex.assert_trees_all_equal(x["label"], y["label"])
     serial = fd.get_dataset("cifar10", "train", in_memory=False, num_threads=1)
     idx = np.array([5, 1, 90, 33, 7, 64] * 6)
-    np.testing.assert_array_equal(
+    chex.assert_trees_all_equal(
         serial.source.get_batch(idx)["image"], rec.source.get_batch(idx)["image"]
     )
-    assert rec.source[3]["image"].shape == (32, 32, 3)
+    chex.assert_shape(rec.source[3]["image"], (32, 32, 3))
     with pytest.raises(IndexError, match="out of range"):
         rec.source[96]
     with pytest.raises(IndexError, match=r"\[0, 96\)"):
@@ -75,7 +76,7 @@ def test_mock_cifar_flips_and_test_split_without(mock):
     plain = fd.scale_levels(train.source.arrays["image"], 256)
     flipped = ~np.all(b == plain, axis=(1, 2, 3))
     assert 0.25 < flipped.mean() < 0.75
-    np.testing.assert_array_equal(b[flipped], plain[flipped][:, :, ::-1])
+    chex.assert_trees_all_equal(b[flipped], plain[flipped][:, :, ::-1])
 
 
 def test_mock_determinism_resumption_and_sharding(mock):
@@ -88,7 +89,7 @@ def test_mock_determinism_resumption_and_sharding(mock):
     resumed = fd.make_iterator(ds, process_count=1, **kw)
     resumed.set_state(json.loads(json.dumps(it.get_state())))
     for k in range(4, 9):
-        np.testing.assert_array_equal(next(resumed)["x"], ref[k]["x"])
+        chex.assert_trees_all_equal(next(resumed)["x"], ref[k]["x"])
     # 8 processes: every example exactly once per epoch (96 = 6 batches of 16, nothing dropped)
     its = [fd.make_iterator(ds, process_index=i, process_count=8, **kw) for i in range(8)]
     batches = [next(it) for _ in range(6) for it in its]
@@ -152,17 +153,17 @@ def test_real_array_record_round_trip(local_tfds):
     assert rec.source.batched_reads and len(rec) == 120 and rec.num_classes == 10
     idx = np.array([3, 0, 119, 64, 3])
     got = rec.source.get_batch(idx)
-    np.testing.assert_array_equal(got["image"], color[idx])
-    np.testing.assert_array_equal(got["label"], labels[idx])
+    chex.assert_trees_all_equal(got["image"], color[idx])
+    chex.assert_trees_all_equal(got["label"], labels[idx])
     mem = fd.get_dataset("local_color", "test", data_dir=str(root))
-    np.testing.assert_array_equal(mem.source.arrays["image"], color[120:])
+    chex.assert_trees_all_equal(mem.source.arrays["image"], color[120:])
     g = fd.get_dataset("local_gray", "train", data_dir=str(root))
     assert g.shape == (28, 28, 1) and g.num_classes is None
-    np.testing.assert_array_equal(g.source.arrays["image"], gray)
+    chex.assert_trees_all_equal(g.source.arrays["image"], gray)
     b = next(fd.make_iterator(g, global_batch_size=8, seed=0, process_count=1))
     assert set(b) == {"x"} and b["x"].shape == (8, 28, 28, 1)
     it = fd.make_iterator(rec, global_batch_size=40, seed=2, process_count=1, shuffle=False)
-    np.testing.assert_array_equal(next(it)["x"], fd.scale_levels(color[:40], 256))
+    chex.assert_trees_all_equal(next(it)["x"], fd.scale_levels(color[:40], 256))
 
 
 def test_prepare_from_arrays_checks_inputs(tmp_path):

@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +40,8 @@ def samples():
 @pytest.mark.parametrize("name", fd.TOY_DATASETS)
 def test_sampler_is_jittable_and_matches_closed_form_moments(name, samples):
     x, label = samples[name]
-    assert x.shape == (N, 2) and x.dtype == np.float32
-    assert label.shape == (N,) and label.dtype == np.int32
+    chex.assert_shape([x, label], [(N, 2), (N,)])
+    chex.assert_type([x, label], [np.float32, np.int32])
     assert set(np.unique(label)) == set(range(fd.toy_num_classes(name)))
     x64 = x.astype(np.float64)
     # mean 0 within 5 standard errors
@@ -48,11 +49,11 @@ def test_sampler_is_jittable_and_matches_closed_form_moments(name, samples):
     assert np.all(np.abs(x64.mean(0)) < 5 * se), (x64.mean(0), se)
     m = MOMENTS[name]
     if m["var"] is not None:
-        np.testing.assert_allclose(x64.var(0), m["var"], rtol=0.02)
+        chex.assert_trees_all_close(x64.var(0), np.asarray(m["var"]), rtol=0.02)
     if m["cross"] is not None:
         assert abs(np.mean(x64[:, 0] * x64[:, 1]) - m["cross"]) < 0.05
     if m["sq"] is not None:
-        np.testing.assert_allclose(np.mean(np.sum(x64**2, 1)), m["sq"], rtol=0.01)
+        chex.assert_trees_all_close(np.mean(np.sum(x64**2, 1)), m["sq"], rtol=0.01)
 
 
 def test_checkerboard_support_and_labels(samples):
@@ -62,7 +63,7 @@ def test_checkerboard_support_and_labels(samples):
     assert np.all(cell.sum(1) % 2 == 0)  # only the black squares
     # label identifies the square, uniformly
     counts = np.bincount(label, minlength=8) / N
-    np.testing.assert_allclose(counts, 1 / 8, atol=0.005)
+    chex.assert_trees_all_close(counts, 1 / 8, rtol=1e-7, atol=0.005)
     for k in range(8):
         assert len({tuple(c) for c in cell[label == k][:200]}) == 1
 
@@ -78,15 +79,15 @@ def test_moons_labels_are_the_two_half_circles(samples):
 def test_eight_gaussians_is_the_oracle(samples):
     x, label = samples["eight_gaussians"]
     mix = eight_gaussians()
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(mix.means), axis=1), 4.0, rtol=1e-6)
+    chex.assert_trees_all_close(np.linalg.norm(np.asarray(mix.means), axis=1), 4.0, rtol=1e-6)
     for k in range(8):
         xk = x[label == k]
-        np.testing.assert_allclose(xk.mean(0), np.asarray(mix.means[k]), atol=0.02)
-        np.testing.assert_allclose(xk.std(0), 0.5, atol=0.02)
+        chex.assert_trees_all_close(xk.mean(0), np.asarray(mix.means[k]), rtol=1e-7, atol=0.02)
+        chex.assert_trees_all_close(xk.std(0), 0.5, rtol=1e-7, atol=0.02)
     # the dataset's oracle gives the data log-density of these points
     ds = fd.get_dataset("eight_gaussians", "test", num_examples=100)
     assert ds.oracle is not None
-    np.testing.assert_allclose(ds.oracle.means, mix.means)
+    chex.assert_trees_all_close(ds.oracle.means, mix.means, rtol=1e-7)
 
 
 def test_spirals_arms_are_negations(samples):
@@ -108,8 +109,8 @@ def test_spirals_arms_are_negations(samples):
 def test_gaussian_mixture_passed_directly():
     mix = GaussianMixture([0.3, 0.7], [[-1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], [[0.1] * 3, [0.2] * 3])
     x, label = jax.jit(lambda k: fd.toy_sample_with_labels(mix, k, 50_000))(jax.random.PRNGKey(1))
-    assert x.shape == (50_000, 3)
-    np.testing.assert_allclose(np.mean(np.asarray(label)), 0.7, atol=0.01)
+    chex.assert_shape(x, (50_000, 3))
+    chex.assert_trees_all_close(np.mean(np.asarray(label)), 0.7, rtol=1e-7, atol=0.01)
     ds = fd.get_dataset(mix, "train", num_examples=1000, seed=3)
     assert ds.shape == (3,) and ds.num_classes == 2 and ds.oracle is mix and ds.name == "mixture"
 
@@ -131,7 +132,7 @@ def test_finite_dataset_matches_sampler(name, samples):
     shifted = float(_DIST(jnp.asarray(x) + 0.5, draws[0]))
     assert shifted > floor.mean() + 4 * floor.std() + 1e-3
     # fixed: same seed, same data; different split, different data
-    np.testing.assert_array_equal(fd.toy_dataset(name, n, seed=5).arrays["x"], x)
+    chex.assert_trees_all_equal(fd.toy_dataset(name, n, seed=5).arrays["x"], x)
     assert not np.allclose(fd.toy_dataset(name, n, seed=5, split="test").arrays["x"], x)
 
 
@@ -151,7 +152,7 @@ def test_get_dataset_toy_metadata_and_iteration():
     assert batch["label"].dtype == np.int32
     assert len(fd.get_dataset("moons", "test")) == fd.TOY_SIZES["test"]
     held_out = ds.as_arrays()
-    np.testing.assert_array_equal(held_out["x"], ds.source.arrays["x"])
+    chex.assert_trees_all_equal(held_out["x"], ds.source.arrays["x"])
 
 
 def test_unknown_toy_names_list_the_valid_ones():

@@ -1,9 +1,11 @@
 """Sample distances against brute force and against their finite-sample floor."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from flowjax import distances as D
 from flowjax.oracle import eight_gaussians
@@ -75,3 +77,47 @@ def test_floor_separates_equal_from_different():
 def test_bad_shapes():
     with pytest.raises(ValueError, match="same event size"):
         D.energy_distance(jnp.ones((5, 2)), jnp.ones((5, 3)))
+
+
+class DistancesUnderJit(chex.TestCase):
+    """The distances give the brute-force values with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("chunk7", 7), ("one_chunk", 1000))
+    def test_energy_and_mmd(self, chunk):
+        with jax.enable_x64(True):
+            k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+            x = jax.random.normal(k1, (40, 3))
+            y = jax.random.normal(k2, (33, 3)) + 0.5
+
+            @self.variant
+            def both(x, y):
+                return (
+                    D.energy_distance(x, y, chunk=chunk),
+                    D.mmd(x, y, bandwidths=(1.0,), scale=0.7, chunk=chunk),
+                )
+
+            energy, mmd = both(x, y)
+            xn, yn = np.asarray(x), np.asarray(y)
+
+            def k(a, b):
+                return np.exp(-np.sum((a[:, None] - b[None]) ** 2, -1) / (2 * 0.7**2))
+
+            kxx, kyy = k(xn, xn), k(yn, yn)
+            mmd_ref = (
+                (kxx.sum() - np.trace(kxx)) / (40 * 39)
+                + (kyy.sum() - np.trace(kyy)) / (33 * 32)
+                - 2 * k(xn, yn).mean()
+            )
+            chex.assert_shape([energy, mmd], ())
+            chex.assert_trees_all_close((energy, mmd), (brute_energy(x, y), mmd_ref), rtol=1e-9)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_sliced_wasserstein_of_a_shift_in_one_dimension(self):
+        # in 1-D every projection is +-1: SW2 of a pure shift c is |c| exactly
+        x = jax.random.normal(jax.random.PRNGKey(5), (500, 1))
+        sw = self.variant(lambda x, y, key: D.sliced_wasserstein(x, y, key, num_projections=8))(
+            x, x + 2.0, jax.random.PRNGKey(6)
+        )
+        chex.assert_shape(sw, ())
+        chex.assert_trees_all_close(sw, 2.0, rtol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import scipy.linalg
 
 import flowjax as fj
-from experiments import evaluation as E
+from experiments import evaluators as E
 from experiments import figures as F
 from flowjax import data as D
 
@@ -31,14 +32,16 @@ def test_frechet_distance_matches_the_scipy_sqrtm_formula():
         s1, s2 = _spd(rng, d), _spd(rng, d)
         covmean = scipy.linalg.sqrtm(s1 @ s2).real  # pytorch-fid's formula
         ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
-        np.testing.assert_allclose(E.frechet_distance(mu1, s1, mu2, s2), ref, rtol=1e-8, atol=1e-10)
+        chex.assert_trees_all_close(
+            E.frechet_distance(mu1, s1, mu2, s2), ref, rtol=1e-8, atol=1e-10
+        )
         assert E.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
-        np.testing.assert_allclose(
+        chex.assert_trees_all_close(
             E.frechet_distance(mu1, s1, mu2, s2), E.frechet_distance(mu2, s2, mu1, s1), rtol=1e-9
         )
     # between two Gaussians with commuting (diagonal) covariances: sum (sqrt(a) - sqrt(b))^2
     a, b = rng.uniform(0.5, 2, 4), rng.uniform(0.5, 2, 4)
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         E.frechet_distance(np.zeros(4), np.diag(a), np.zeros(4), np.diag(b)),
         np.sum((np.sqrt(a) - np.sqrt(b)) ** 2),
         rtol=1e-10,
@@ -59,7 +62,7 @@ def test_frechet_distance_of_singular_covariances():
     a, b = np.zeros(64), np.zeros(64)
     a[:5], b[:5] = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
     s1, s2 = (q * a) @ q.T, (q * b) @ q.T
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         E.frechet_distance(np.zeros(64), s1, np.zeros(64), s2),
         np.sum((np.sqrt(a) - np.sqrt(b)) ** 2),
         rtol=1e-9,
@@ -69,8 +72,8 @@ def test_frechet_distance_of_singular_covariances():
 def test_gaussian_stats_are_numpy_mean_and_unbiased_covariance():
     f = np.random.default_rng(1).normal(size=(50, 3))
     mu, sigma = E.gaussian_stats(f)
-    np.testing.assert_allclose(mu, f.mean(0))
-    np.testing.assert_allclose(sigma, np.cov(f.T, ddof=1))
+    chex.assert_trees_all_close(mu, f.mean(0), rtol=1e-7)
+    chex.assert_trees_all_close(sigma, np.cov(f.T, ddof=1), rtol=1e-7)
 
 
 def _kid_reference(x, y):
@@ -149,10 +152,10 @@ def test_exact_log_densities_integrate_to_one():
         lab = jnp.full((pts.shape[0],), k, jnp.int32)
         assert float(jnp.sum(jnp.exp(cb(pts, lab)))) * cell == pytest.approx(1.0, abs=0.02)
     x, lab = D.toy_sample_with_labels("checkerboard", jax.random.PRNGKey(0), 100)
-    np.testing.assert_allclose(cb(x), -math.log(32), rtol=1e-6)
-    np.testing.assert_allclose(cb(x, lab), -math.log(4), rtol=1e-6)
+    chex.assert_trees_all_close(cb(x), -math.log(32), rtol=1e-6)
+    chex.assert_trees_all_close(cb(x, lab), -math.log(4), rtol=1e-6)
     g8 = D.get_dataset("eight_gaussians", "test", num_examples=10)
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         E.exact_log_prob_fn(g8)(pts[:50]), g8.oracle.data_log_prob(pts[:50]), rtol=1e-6
     )
     assert E.exact_log_prob_fn(D.get_dataset("moons", "test", num_examples=10)) is None
@@ -251,12 +254,12 @@ def test_inception_weights_load_from_either_format_and_give_features(inception_s
     f = E.inception_features(a, images, batch_size=2, size=75)  # a small size: a fast test
     assert f.shape == (3, 2048) and np.all(np.isfinite(f)) and np.all(f >= 0) and f.std() > 0
     # one padded batch and one full batch give what one call per image gives
-    f1 = np.asarray(E._inception_fn(75)(a, jnp.asarray(images[[2, 2]])))[0]
-    np.testing.assert_allclose(f[2], f1, rtol=1e-4, atol=1e-5)
+    f1 = np.asarray(E.inception._inception_fn(75)(a, jnp.asarray(images[[2, 2]])))[0]
+    chex.assert_trees_all_close(f[2], f1, rtol=1e-4, atol=1e-5)
     # grayscale is the same pixels in three channels; inputs are resized to size x size
-    gray = E._inception_input(jnp.asarray(images), 75)
-    rgb = E._inception_input(jnp.asarray(np.repeat(images, 3, axis=-1)), 75)
-    assert gray.shape == (3, 75, 75, 3)
+    gray = E.inception._inception_input(jnp.asarray(images), 75)
+    rgb = E.inception._inception_input(jnp.asarray(np.repeat(images, 3, axis=-1)), 75)
+    chex.assert_shape(gray, (3, 75, 75, 3))
     np.testing.assert_array_equal(gray, rgb)
     stats = E.gaussian_stats(f)
     assert abs(E.frechet_distance(*stats, *stats)) < 1e-10 * np.trace(stats[1])

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import math
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import train as xt
+from experiments import evaluate, io
 from experiments.configs import default, digits, mnist
 from flowjax import training as T
 
@@ -38,12 +39,11 @@ def tiny_images(cfg, tmp_path, *, classifier: bool):
 
 def _check_image_run(wd, result, cfg, shape):
     assert T.Checkpointer(wd / "checkpoints").all_steps() == [2, 4]
-    assert json.loads((wd / "eval.json").read_text()) == json.loads(
-        json.dumps(xt._jsonable(result))
-    )
+    assert json.loads((wd / "eval.json").read_text()) == json.loads(json.dumps(io.jsonable(result)))
     with np.load(wd / "samples" / "ode_euler.npz") as f:
-        assert f["samples"].shape == (16, *shape) and np.all(np.isfinite(f["samples"]))
-    assert result["samplers"]["ode_euler"]["nfe"] == 2
+        chex.assert_shape(f["samples"], (16, *shape))
+        chex.assert_tree_all_finite(f["samples"])
+    chex.assert_equal(result["samplers"]["ode_euler"]["nfe"], 2)
     bpd = result["bits_per_dim"]
     # dequantized data: a density on [-1, 1]^d with 2^(bits) levels, so bits/dim is positive
     assert math.isfinite(bpd["bits_per_dim"]) and bpd["bits_per_dim"] > 0
@@ -58,7 +58,7 @@ def _check_image_run(wd, result, cfg, shape):
 def test_digits_train_and_evaluate_end_to_end(tmp_path):
     cfg = tiny_images(digits.get_config("fm,local"), tmp_path, classifier=True)
     wd = tmp_path / "digits"
-    result = xt.train_and_evaluate(cfg, wd)
+    result = evaluate.train_and_evaluate(cfg, wd)
     _check_image_run(wd, result, cfg, (8, 8, 1))
     fd = result["classifier_fd"]
     assert fd["data_floor"] >= 0 and fd["samplers"]["ode_euler"] > fd["data_floor"]
@@ -71,7 +71,7 @@ def test_mnist_train_and_evaluate_under_tfds_mock_data(tmp_path):
     cfg.figures.grid_images = 4
     wd = tmp_path / "mnist"
     with tfds.testing.mock_data(num_examples=32):
-        result = xt.train_and_evaluate(cfg, wd)
+        result = evaluate.train_and_evaluate(cfg, wd)
     _check_image_run(wd, result, cfg, (28, 28, 1))
     assert json.loads((wd / "config.json").read_text())["path"]["name"] == "vp_linear"
 

@@ -10,6 +10,7 @@ Statistics as in ``test_sampling_quality.py``: an energy distance passes below `
 finite-sample floor; rates pass within 4 binomial standard errors. Keys are fixed.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,7 +125,7 @@ def test_oracle_classifier_is_the_bayes_classifier(x64):
     t = jnp.linspace(0.02, 0.98, 32)
     for path in (fj.CondOT(), fj.VPLinear(), fj.VE()):
         clf = G.oracle_classifier(mix, path)
-        np.testing.assert_allclose(
+        chex.assert_trees_all_close(
             jax.nn.softmax(clf(x, t)), mix.responsibilities(path, x, t), rtol=1e-10, atol=1e-13
         )
 
@@ -144,10 +145,10 @@ def test_classifier_guidance_with_exact_parts_is_exact(x64, path_name):
             cg = G.classifier_guided(mix.model_fn(path, prediction), clf, labels, scale=w,
                                      path=path, prediction=prediction)  # fmt: skip
             cfg = guided_model(cond_model, labels, jnp.int32(K), w)
-            np.testing.assert_allclose(cg(x, t), cfg(x, t), rtol=1e-8, atol=1e-8)
+            chex.assert_trees_all_close(cg(x, t), cfg(x, t), rtol=1e-8, atol=1e-8)
             if w == 1.0:
                 exact = mix.predict(prediction, path, x, t, labels)
-                np.testing.assert_allclose(cg(x, t), exact, rtol=1e-8, atol=1e-8)
+                chex.assert_trees_all_close(cg(x, t), exact, rtol=1e-8, atol=1e-8)
 
 
 def test_classifier_guided_sampling_reproduces_the_conditional(floors):
@@ -166,12 +167,14 @@ def test_add_score_term_drops_only_undefined_terms():
     t = jnp.array([0.0, 0.5, 1.0])
     out = G.add_score_term(jnp.zeros((3, 2)), term, prediction="velocity", path=path, t=t)
     # velocity = a_t score + b_t x with a_t = (1-t)/t: infinite at t = 0 (dropped), 0 at t = 1
-    np.testing.assert_allclose(out, [[0, 0], [0.5, 0.5], [0, 0]], atol=1e-7)
+    chex.assert_trees_all_close(out, np.asarray([[0, 0], [0.5, 0.5], [0, 0]]), rtol=1e-7, atol=1e-7)
     out = G.add_score_term(jnp.zeros((3, 2)), jnp.full((3, 2), jnp.inf), prediction="velocity",
                            path=path, t=jnp.array([1.0, 1.0, 1.0]))  # fmt: skip
     np.testing.assert_array_equal(out, 0.0)
     eps = G.add_score_term(jnp.zeros((3, 2)), term, prediction="eps", path=path, t=t)
-    np.testing.assert_allclose(eps, -path.beta(t)[:, None] * term, atol=1e-7)  # eps = -beta score
+    chex.assert_trees_all_close(
+        eps, -path.beta(t)[:, None] * term, rtol=1e-7, atol=1e-7
+    )  # eps = -beta score
     del x
 
 
@@ -184,8 +187,8 @@ def test_classifier_guidance_start_switches_the_term_off_before_it():
     late = G.classifier_guided(model, clf, labels, scale=2.0, path=PATH, guidance_start=0.5)
     always = G.classifier_guided(model, clf, labels, scale=2.0, path=PATH)
     out, base, full = late(x, t), model(x, t), always(x, t)
-    np.testing.assert_allclose(out[0], base[0], atol=1e-6)  # t < start: the prior alone
-    np.testing.assert_allclose(out[1:], full[1:], atol=1e-6)  # t >= start: guided
+    chex.assert_trees_all_close(out[0], base[0], rtol=1e-7, atol=1e-6)  # t < start: the prior alone
+    chex.assert_trees_all_close(out[1:], full[1:], rtol=1e-7, atol=1e-6)  # t >= start: guided
     assert float(jnp.min(jnp.abs(full[1:] - base[1:]))) > 1e-3
     with pytest.raises(ValueError, match="guidance_start must be a scalar"):
         G.classifier_guided(model, clf, labels, path=PATH, guidance_start=jnp.ones(2))
@@ -325,17 +328,19 @@ def test_classifier_free_is_the_samplers_guidance_with_checked_labels():
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 64))
     t = jnp.full((6,), 0.3)
     null = jnp.full((6,), 10, jnp.int32)
-    np.testing.assert_allclose(G.classifier_free(fn, labels, scale=0.0)(x, t), fn(x, t, null),
-                               atol=1e-6)  # fmt: skip
-    np.testing.assert_allclose(G.classifier_free(fn, labels, scale=1.0)(x, t), fn(x, t, labels),
-                               atol=1e-6)  # fmt: skip
+    chex.assert_trees_all_close(
+        G.classifier_free(fn, labels, scale=0.0)(x, t), fn(x, t, null), rtol=1e-7, atol=1e-6
+    )
+    chex.assert_trees_all_close(
+        G.classifier_free(fn, labels, scale=1.0)(x, t), fn(x, t, labels), rtol=1e-7, atol=1e-6
+    )
     assert float(jnp.max(jnp.abs(fn(x, t, labels) - fn(x, t, null)))) > 1e-3  # they differ
     kw = dict(method="sde", num_steps=4)
     a = sample(G.classifier_free(fn, labels, scale=2.5), PATH, jax.random.PRNGKey(2), (6, 64),
                **kw).samples  # fmt: skip
     b = sample(guided_model(fn, labels, jnp.int32(10), 2.5), PATH, jax.random.PRNGKey(2),
                (6, 64), **kw).samples  # fmt: skip
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    chex.assert_trees_all_close(a, b, rtol=1e-7, atol=1e-5)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\] \(num_classes = 10\).*11"):
         G.classifier_free(fn, jnp.array([0, 11]), scale=2.0)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\].*\[10\]"):

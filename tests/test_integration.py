@@ -1,5 +1,6 @@
 """The layers together: make_loss + models + make_train_step + sample + log_likelihood."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,8 @@ def test_loss_model_train_step_sampler_likelihood_compose():
     assert float(metrics["loss"]) < first
     fn = models.model_fn(model, state.ema_params)
     res = fj.sample(fn, path, jax.random.PRNGKey(2), (32, 2), solver="heun", num_steps=8)
-    assert res.samples.shape == (32, 2) and int(res.nfe) == 16
+    chex.assert_shape(res.samples, (32, 2))
+    chex.assert_equal(int(res.nfe), 16)
     lik = fj.likelihood.log_likelihood(fn, path, res.samples, solver="heun", num_steps=8)
-    assert bool(jnp.all(jnp.isfinite(lik.log_prob)))
+    chex.assert_shape(lik.log_prob, (32,))
+    chex.assert_tree_all_finite((res.samples, lik.log_prob))

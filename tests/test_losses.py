@@ -3,11 +3,13 @@ label dropout, minibatch OT, bad input, and a small flow-matching training run a
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 from scipy import stats
 
 import flowjax as fj
@@ -143,10 +145,12 @@ def test_five_losses_agree_up_to_their_weights(x64, path_name):
     uniform = {p: L.prediction_loss(p, outs[p], x1, eps, t, path) for p in fj.PREDICTIONS}
     for p, q in itertools.product(fj.PREDICTIONS, repeat=2):
         as_q = L.prediction_loss(p, outs[p], x1, eps, t, path, weighting=q)
-        np.testing.assert_allclose(as_q, uniform[q], rtol=1e-8, err_msg=f"{p} weighted as {q}")
+        chex.assert_trees_all_close(
+            as_q, uniform[q], rtol=1e-8, custom_message=f"{p} weighted as {q}"
+        )
         # The documented weight: A(p -> q)^2 from the conversion coefficients.
         A, _ = fj.parameterization.conversion_coefficients(p, q, path, t)
-        np.testing.assert_allclose(uniform[p] * A**2, uniform[q], rtol=1e-8)
+        chex.assert_trees_all_close(uniform[p] * A**2, uniform[q], rtol=1e-8)
 
 
 def test_make_loss_and_gradients_agree_across_parameterizations(x64):
@@ -172,11 +176,11 @@ def test_make_loss_and_gradients_agree_across_parameterizations(x64):
             as_prediction(p), path, prediction=p, weighting="velocity", time_sampler="stratified"
         )
         val, aux = fn(params, batch, key)
-        np.testing.assert_allclose(val, ref, rtol=1e-9)
-        np.testing.assert_allclose(aux["mse"], ref_aux[f"mse_{p}"], rtol=1e-9)
+        chex.assert_trees_all_close(val, ref, rtol=1e-9)
+        chex.assert_trees_all_close(aux["mse"], ref_aux[f"mse_{p}"], rtol=1e-9)
         grad = jax.grad(lambda q, fn=fn: fn(q, batch, key)[0])(params)
         jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12), grad, ref_grad
+            lambda a, b: chex.assert_trees_all_close(a, b, rtol=1e-7, atol=1e-12), grad, ref_grad
         )
 
 
@@ -186,18 +190,20 @@ def test_snr_weightings_match_their_papers(x64):
     path, t = fj.VPLinear(), jnp.linspace(0.01, 0.99, 99)
     snr = (path.alpha(t) / path.beta(t)) ** 2
     lw = L.loss_weight
-    np.testing.assert_allclose(lw("min_snr", "x1", path, t), np.minimum(snr, 5.0), rtol=1e-9)
-    np.testing.assert_allclose(lw("min_snr", "eps", path, t), np.minimum(snr, 5.0) / snr, rtol=1e-9)
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(lw("min_snr", "x1", path, t), np.minimum(snr, 5.0), rtol=1e-9)
+    chex.assert_trees_all_close(
+        lw("min_snr", "eps", path, t), np.minimum(snr, 5.0) / snr, rtol=1e-9
+    )
+    chex.assert_trees_all_close(
         lw("min_snr", "v", path, t), np.minimum(snr, 5.0) / (snr + 1), rtol=1e-9
     )
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         lw("min_snr", "x1", path, t, gamma=1.0), np.minimum(snr, 1.0), rtol=1e-9
     )
-    np.testing.assert_allclose(lw("snr", "x1", path, t), snr, rtol=1e-9)
-    np.testing.assert_allclose(lw("snr", "eps", path, t), np.ones_like(snr), rtol=1e-12)
-    np.testing.assert_allclose(lw("truncated_snr", "x1", path, t), np.maximum(snr, 1.0), rtol=1e-9)
-    np.testing.assert_allclose(lw("uniform", "score", path, t), np.ones_like(snr))
+    chex.assert_trees_all_close(lw("snr", "x1", path, t), snr, rtol=1e-9)
+    chex.assert_trees_all_close(lw("snr", "eps", path, t), np.ones_like(snr), rtol=1e-12)
+    chex.assert_trees_all_close(lw("truncated_snr", "x1", path, t), np.maximum(snr, 1.0), rtol=1e-9)
+    chex.assert_trees_all_close(lw("uniform", "score", path, t), np.ones_like(snr), rtol=1e-7)
     # The SNR weightings stay finite where alpha = 0 (CondOT at t = 0) for eps models.
     assert np.isfinite(lw("min_snr", "eps", fj.CondOT(), jnp.array([0.0, 0.5]))).all()
 
@@ -207,18 +213,20 @@ def test_likelihood_weight_is_half_the_log_snr_derivative_for_eps(x64, path_name
     path = fj.get_path(path_name)
     t = jnp.linspace(0.05, 0.95, 19)
     dlogsnr = jax.vmap(jax.grad(path.log_snr))(t)
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         L.loss_weight("likelihood", "eps", path, t), 0.5 * dlogsnr, rtol=1e-9
     )
     # In score coordinates it is g^2 / 2 of the forward SDE (score SDE's likelihood weighting).
     _, g = fj.paths.forward_sde_coefficients(path, fj.paths.to_diffusion_time(t))
-    np.testing.assert_allclose(L.loss_weight("likelihood", "score", path, t), 0.5 * g**2, rtol=1e-9)
+    chex.assert_trees_all_close(
+        L.loss_weight("likelihood", "score", path, t), 0.5 * g**2, rtol=1e-9
+    )
 
 
 def test_custom_weighting_callable():
     path, t = fj.CondOT(), jnp.linspace(0.1, 0.9, 5)
     w = L.loss_weight(lambda prediction, path, t: 1.0 + t, "velocity", path, t)
-    np.testing.assert_allclose(w, 1.0 + t)
+    chex.assert_trees_all_close(w, 1.0 + t, rtol=1e-7)
     with pytest.raises(ValueError, match="shaped like t"):
         L.loss_weight(lambda prediction, path, t: jnp.ones(3), "velocity", path, t)
 
@@ -252,8 +260,8 @@ def test_time_samplers_distributions():
     assert stats.kstest(t, uniform_cdf).pvalue < 1e-6  # and it is not uniform
     # Antithetic pairs are adjacent: t_{2i} + t_{2i+1} = lo + hi.
     a = L.antithetic_time(jax.random.PRNGKey(0), 9, t_min=lo, t_max=hi)
-    np.testing.assert_allclose(a[0:8:2] + a[1:8:2], lo + hi, rtol=1e-6)
-    assert a.shape == (9,)
+    chex.assert_trees_all_close(a[0:8:2] + a[1:8:2], lo + hi, rtol=1e-6)
+    chex.assert_shape(a, (9,))
     # One sample per stratum.
     s = np.sort(np.asarray(L.stratified_time(jax.random.PRNGKey(0), 10)))
     assert np.all(np.floor(s * 10) == np.arange(10))
@@ -270,7 +278,7 @@ def test_stratified_and_antithetic_reduce_variance():
         for name in ("uniform", "stratified", "antithetic")
     }
     # Uniform: Var(t^2)/n = (4/45)/64; stratified is O(n^-3); antithetic removes the linear part.
-    np.testing.assert_allclose(var["uniform"], 4 / 45 / n, rtol=0.15)
+    chex.assert_trees_all_close(var["uniform"], 4 / 45 / n, rtol=0.15)
     assert var["stratified"] < 0.01 * var["uniform"], var
     assert var["antithetic"] < 0.2 * var["uniform"], var
 
@@ -295,11 +303,11 @@ def test_label_dropout_rate_is_honoured():
     dropped = np.asarray(out == k)
     se = np.sqrt(rate * (1 - rate) / n)
     assert abs(dropped.mean() - rate) < 4 * se, dropped.mean()
-    np.testing.assert_array_equal(np.asarray(out)[~dropped], np.asarray(labels)[~dropped])
+    chex.assert_trees_all_equal(np.asarray(out)[~dropped], np.asarray(labels)[~dropped])
     # Dropout is independent of the class.
     per_class = [dropped[np.asarray(labels) == c].mean() for c in range(k)]
     assert max(abs(p - rate) for p in per_class) < 4 * np.sqrt(rate * (1 - rate) / (n / k))
-    np.testing.assert_array_equal(L.drop_labels(jax.random.PRNGKey(1), labels, 0.0, k), labels)
+    chex.assert_trees_all_equal(L.drop_labels(jax.random.PRNGKey(1), labels, 0.0, k), labels)
     assert bool(jnp.all(L.drop_labels(jax.random.PRNGKey(1), labels, 1.0, k) == k))
 
 
@@ -321,7 +329,7 @@ def test_make_loss_passes_dropped_labels_to_the_model():
     frac = (seen[-1] == k).mean()
     assert abs(frac - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
     kept = seen[-1] != k
-    np.testing.assert_array_equal(seen[-1][kept], np.asarray(batch["label"])[kept])
+    chex.assert_trees_all_equal(seen[-1][kept], np.asarray(batch["label"])[kept])
     # Unconditional loss: the model gets label=None even if the batch has labels.
     L.make_loss(apply_fn, fj.CondOT())(None, batch, jax.random.PRNGKey(1))
     assert seen[-1].shape == () and seen[-1].item() is None
@@ -335,18 +343,18 @@ def test_ot_pairing_is_an_optimal_permutation():
     x1 = data.sample(jax.random.PRNGKey(0), 256)
     eps = jax.random.normal(jax.random.PRNGKey(1), x1.shape)
     perm = np.asarray(jax.jit(L.ot_pairing)(x1, eps))
-    np.testing.assert_array_equal(np.sort(perm), np.arange(256))
+    chex.assert_trees_all_equal(np.sort(perm), np.arange(256))
     indep = float(jnp.mean(jnp.sum((x1 - eps) ** 2, 1)))
     paired = float(jnp.mean(jnp.sum((x1 - eps[perm]) ** 2, 1)))
     assert paired < 0.75 * indep, (paired, indep)
     coupled = L.couple("ot", jax.random.PRNGKey(2), x1, eps)
-    np.testing.assert_array_equal(coupled, eps[perm])
+    chex.assert_trees_all_equal(coupled, eps[perm])
     # Exactly optimal: brute force over all 7! permutations of a small batch.
     a, b = x1[:7], eps[:7]
     cost = np.asarray(jnp.sum((a[:, None] - b[None]) ** 2, -1))
     best = min(sum(cost[i, p[i]] for i in range(7)) for p in itertools.permutations(range(7)))
     p = np.asarray(L.ot_pairing(a, b))
-    np.testing.assert_allclose(cost[np.arange(7), p].sum(), best, rtol=1e-5)
+    chex.assert_trees_all_close(cost[np.arange(7), p].sum(), best, rtol=1e-5)
 
 
 def test_sinkhorn_pairing_reduces_distance():
@@ -479,3 +487,111 @@ def test_mlp_learns_eight_gaussians_to_near_the_cfm_minimum():
     assert np.mean(minima) > 3.0  # the CFM minimum is far from zero (about 3.93 here)
     assert untrained_gap > 2.0
     assert -3 * se < gap < 0.15, (gap, se, np.mean(minima))
+
+
+# ------------------------------------------------------------------ jit and non-jit variants
+
+
+def _numpy_predictions(al, be, ad, bd, x1, eps):
+    col = lambda c: c[:, None]  # noqa: E731
+    return {
+        "velocity": col(ad) * x1 + col(bd) * eps,
+        "score": -eps / col(be),
+        "eps": eps,
+        "x1": x1,
+        "v": col(al) * eps - col(be) * x1,
+    }
+
+
+class LossesUnderJit(chex.TestCase):
+    """The losses' pure functions give the same values with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("condot", "condot"), ("vp_cosine", "vp_cosine"))
+    def test_objectives_and_weightings(self, name):
+        """Closed forms in numpy: the uniform loss of each prediction, and the weighting identity
+        ``w = A(p -> q)^2`` making a p-loss equal to the uniform q-loss, example by example, for a
+        predictor consistent with x (alpha x1_hat + beta eps_hat = x)."""
+        with jax.enable_x64(True):
+            path = PATHS[name]
+            rng = np.random.default_rng(0)
+            n = 6
+            t = np.linspace(0.1, 0.9, n)
+            x1, eps, x1_hat = (rng.normal(size=(n, 3)) for _ in range(3))
+            al, be, ad, bd = (np.asarray(c) for c in path.coefficients(jnp.asarray(t)))
+            x = al[:, None] * x1 + be[:, None] * eps
+            eps_hat = (x - al[:, None] * x1_hat) / be[:, None]
+            target = _numpy_predictions(al, be, ad, bd, x1, eps)
+            out = _numpy_predictions(al, be, ad, bd, x1_hat, eps_hat)
+            uniform = {p: np.mean((out[p] - target[p]) ** 2, axis=1) for p in fj.PREDICTIONS}
+
+            @self.variant
+            def everything(path, out, x1, eps, t):
+                res = {}
+                for p in fj.PREDICTIONS:
+                    res[f"{p} named"] = L.LOSSES[p](out[p], x1, eps, t, path)
+                    res[f"{p} sum"] = L.prediction_loss(
+                        p, out[p], x1, eps, t, path, reduction="sum"
+                    )
+                    for q in fj.PREDICTIONS:
+                        res[f"{p} weighted {q}"] = L.prediction_loss(
+                            p, out[p], x1, eps, t, path, weighting=q
+                        )
+                res["snr"] = L.prediction_loss("x1", out["x1"], x1, eps, t, path, weighting="snr")
+                res["likelihood"] = L.prediction_loss(
+                    "score", out["score"], x1, eps, t, path, weighting="likelihood"
+                )
+                res["snr fn"] = L.snr(path, t)
+                res["squared_error"] = L.squared_error(out["eps"], eps, reduction="sum")
+                return res
+
+            res = everything(path, out, jnp.asarray(x1), jnp.asarray(eps), jnp.asarray(t))
+            expected = {"snr fn": (al / be) ** 2, "squared_error": 3 * uniform["eps"]}
+            for p in fj.PREDICTIONS:
+                expected[f"{p} named"] = uniform[p]
+                expected[f"{p} sum"] = 3 * uniform[p]
+                for q in fj.PREDICTIONS:
+                    expected[f"{p} weighted {q}"] = uniform[q]
+            expected["snr"] = uniform["eps"]
+            a_t = be * (be * ad - bd * al) / al  # g^2 / 2 of the reverse SDE (Prop. 1's a_t)
+            expected["likelihood"] = a_t * uniform["score"]
+            chex.assert_shape(list(res.values())[:-2], (n,))
+            chex.assert_trees_all_close(res, expected, rtol=1e-9)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_time_samplers_and_label_dropout(self):
+        key = jax.random.PRNGKey(3)
+
+        @self.variant
+        def draw(key):
+            times = {
+                name: L.sample_time(name, key, 64, t_min=0.1, t_max=0.9) for name in L.TIME_SAMPLERS
+            }
+            labels = jnp.arange(64, dtype=jnp.int32) % 10
+            return times, L.drop_labels(key, labels, 0.5, 10)
+
+        times, dropped = draw(key)
+        chex.assert_shape(list(times.values()), (64,))
+        chex.assert_type(list(times.values()), jnp.float32)
+        for name, t in times.items():
+            assert float(t.min()) >= 0.1 and float(t.max()) <= 0.9, name
+        strat = np.sort(np.asarray(times["stratified"]))  # one draw in each of 64 strata
+        assert np.all(np.floor((strat - 0.1) / 0.8 * 64) == np.arange(64))
+        anti = np.asarray(times["antithetic"])  # pairs t, 1 - t mapped into [0.1, 0.9]
+        chex.assert_trees_all_close(np.sort(anti), np.sort(1.0 - anti), atol=1e-6)
+        chex.assert_type(dropped, jnp.int32)
+        kept = np.asarray(dropped) != 10
+        assert 0 < kept.sum() < 64
+        chex.assert_trees_all_equal(np.asarray(dropped)[kept], (np.arange(64) % 10)[kept])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_make_loss_with_the_oracle(self):
+        path, data = fj.CondOT(), gaussian_data()
+        loss_fn = self.variant(L.make_loss(oracle_apply(data, path, "velocity"), path))
+        batch = {"x": data.sample(jax.random.PRNGKey(0), 32)}
+        loss, aux = loss_fn(None, batch, jax.random.PRNGKey(1))
+        chex.assert_shape(loss, ())
+        chex.assert_tree_all_finite((loss, aux))
+        # with the same key, the same draws: the loss equals the hand-built one
+        ref = jax.jit(L.make_loss(oracle_apply(data, path, "velocity"), path))
+        chex.assert_trees_all_close(loss, ref(None, batch, jax.random.PRNGKey(1))[0], rtol=1e-6)

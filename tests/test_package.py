@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import chex
+
 import flowjax
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,4 +30,5 @@ def test_public_api_names():
         "PREDICTIONS",
     ]:
         assert hasattr(flowjax, name), name
-    assert flowjax.PREDICTIONS == ("velocity", "score", "eps", "x1", "v")
+    chex.assert_equal(flowjax.PREDICTIONS, ("velocity", "score", "eps", "x1", "v"))
+    chex.assert_type(flowjax.CondOT().alpha(0.5), float)

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import chex
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -11,7 +13,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
     test_cmds = [line for b in blocks for line in b.splitlines() if "pytest" in line]
-    assert len(test_cmds) == 1, test_cmds
+    chex.assert_equal(len(test_cmds), 1, custom_message=str(test_cmds))
     install, test = test_cmds[0].rsplit(" && ", 1)
     assert install in ci.splitlines(), f"CI does not install as the README says: {install}"
     assert any(line.startswith(test) for line in ci.splitlines()), f"CI does not run: {test}"

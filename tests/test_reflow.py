@@ -8,6 +8,7 @@ trained (small MLP, ~2000 steps); the slow version trains the teacher too and wa
 from it, as Liu et al. do.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +45,7 @@ def test_straightness_of_known_trajectories(x64):
     warped = x0[:, None] + (ts**2)[None, :, None] * (x1 - x0)[:, None]
     vel = (ts[1:] ** 2 - ts[:-1] ** 2) / 0.1  # the piecewise-linear speed
     want = float(jnp.mean(jnp.sum((x1 - x0) ** 2, 1))) * float(jnp.sum((vel - 1) ** 2) * 0.1)
-    np.testing.assert_allclose(R.straightness(ts, warped), want, rtol=1e-12)
+    chex.assert_trees_all_close(R.straightness(ts, warped), want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("s", [0.5, 2.0])
@@ -54,7 +55,7 @@ def test_trajectory_straightness_of_a_gaussian_flow(x64, s):
     got = R.trajectory_straightness(data.model_fn(PATH), PATH, jax.random.PRNGKey(0), (20000, d),
                                     num_steps=256)  # fmt: skip
     want = gaussian_straightness(s, d)
-    np.testing.assert_allclose(got, want, rtol=0.03)  # Monte Carlo over 20000 paths
+    chex.assert_trees_all_close(got, want, rtol=0.03)  # Monte Carlo over 20000 paths
     # the same flow with a point mass (s -> 0) is almost straight
     point = GaussianMixture(jnp.ones(1), jnp.array([[1.0, -2.0]]), jnp.full((1, d), 1e-6))
     assert float(R.trajectory_straightness(point.model_fn(PATH), PATH, jax.random.PRNGKey(0),
@@ -98,7 +99,7 @@ def test_generate_couplings_solves_the_ode_from_the_noise():
                                   batch_size=150)  # fmt: skip
     assert x0.shape == x1.shape == (300, 2)  # two chunks of 150
     direct = fj.sample(model, PATH, None, None, x_start=x0, solver="heun", num_steps=40).samples
-    np.testing.assert_allclose(x1, direct, rtol=1e-5, atol=1e-5)  # chunking changes nothing
+    chex.assert_trees_all_close(x1, direct, rtol=1e-5, atol=1e-5)  # chunking changes nothing
     with pytest.raises(ValueError, match="generate_couplings sets x_start itself"):
         R.generate_couplings(model, PATH, jax.random.PRNGKey(0), (4, 2), x_start=x0)
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
+
 from experiments import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +59,6 @@ def test_reexec_runs_the_same_command_once_with_the_tunable():
         check=True,
     ).stdout.splitlines()
     expected = runtime.TUNABLE if _supported() else None
-    assert out[-1] == f"tunables {expected} ['arg1']"
+    chex.assert_equal(out[-1], f"tunables {expected} ['arg1']")
     # re-executed once (two 'start' lines) where supported, never more
-    assert out.count("start") == (2 if _supported() else 1)
+    chex.assert_equal(out.count("start"), 2 if _supported() else 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 
+import chex
 import numpy as np
 import pytest
 
@@ -90,8 +91,7 @@ def _state(npz) -> list[np.ndarray]:
 
 def _close(a, b, what, rtol=2e-5, atol=1e-6):
     assert len(a) == len(b) > 0, what
-    for i, (x, y) in enumerate(zip(a, b, strict=True)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"{what} leaf {i}")
+    chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol, custom_message=what)
 
 
 def test_two_processes_equal_one_process_and_checkpoints_cross_over(tmp_path):
@@ -100,17 +100,17 @@ def test_two_processes_equal_one_process_and_checkpoints_cross_over(tmp_path):
     res2 = launch(RUN, 2, ["full", two / "ck", two / "out.npz", 6], devices=2, timeout=600)
     a, b = np.load(one / "out.npz"), np.load(two / "out.npz")
     # training trajectory (per-step losses) and final state: 2 x 2 devices = 1 x 4 devices
-    np.testing.assert_allclose(b["losses"], a["losses"], rtol=2e-5)
+    chex.assert_trees_all_close(b["losses"], a["losses"], rtol=2e-5)
     _close(_state(b), _state(a), "2-process state")
     # fsdp across processes = replicated
     fsdp = [b[f"fsdp_{i}"] for i in range(len(_state(b)))]
     _close(fsdp, _state(a), "fsdp state")
     # the same samples (same key, partitionable PRNG), fixed-step, adaptive and SDE
     for name in ("euler", "tsit5", "sde"):
-        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5, err_msg=name)
+        chex.assert_trees_all_close(b[name], a[name], rtol=1e-5, atol=1e-5, custom_message=name)
     # likelihoods: equal; the two processes' shards took different step counts
-    np.testing.assert_allclose(b["log_prob"], a["log_prob"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(b["ll_steps"], a["ll_steps"])
+    chex.assert_trees_all_close(b["log_prob"], a["log_prob"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(b["ll_steps"], a["ll_steps"])
     assert set(b["ll_steps"][:8].tolist()).isdisjoint(b["ll_steps"][8:].tolist())
     assert all("RESTORED None" in out for _, out, _ in res2)
 
@@ -121,12 +121,12 @@ def test_two_processes_equal_one_process_and_checkpoints_cross_over(tmp_path):
         assert all("RESTORED 6" in out for _, out, _ in results), results
     c, d = np.load(tmp_path / "c.npz"), np.load(tmp_path / "d.npz")
     assert len(c["losses"]) == len(d["losses"]) == 4  # steps 7..10: resumed at 6, not restarted
-    np.testing.assert_allclose(c["losses"], d["losses"], rtol=2e-5)
+    chex.assert_trees_all_close(c["losses"], d["losses"], rtol=2e-5)
     _close(_state(c), _state(d), "resumed states")
     # and both equal a 1-process run straight to step 10 (the data position was restored)
     launch(RUN, 1, ["full_only", tmp_path / "e", tmp_path / "e.npz", 10], devices=4)
     e = np.load(tmp_path / "e.npz")
-    np.testing.assert_allclose(c["losses"], e["losses"][6:], rtol=2e-5)
+    chex.assert_trees_all_close(c["losses"], e["losses"][6:], rtol=2e-5)
     _close(_state(c), _state(e), "resumed vs uninterrupted")
 
 
@@ -173,7 +173,7 @@ def test_killing_a_process_stops_the_other_and_a_restart_resumes(tmp_path):
     assert restored[0] == restored[1] and restored[0] in steps and restored[0] >= 4, restored
     launch(RUN, 1, ["full_only", tmp_path / "ref", tmp_path / "ref.npz", 12], devices=4)
     r, ref = np.load(tmp_path / "r.npz"), np.load(tmp_path / "ref.npz")
-    np.testing.assert_allclose(r["losses"], ref["losses"][restored[0] :], rtol=2e-5)
+    chex.assert_trees_all_close(r["losses"], ref["losses"][restored[0] :], rtol=2e-5)
     _close(_state(r), _state(ref), "restarted run vs uninterrupted")
     print(json.dumps({"survivor_exit_s": seconds, "resumed_from": restored[0]}))
 

@@ -14,6 +14,7 @@ import signal
 import warnings
 from pathlib import Path
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -160,11 +161,20 @@ def test_unknown_optimizer_and_schedule_names_list_the_valid_ones():
 
 def test_schedules_warm_up_then_decay():
     s = T.make_schedule(2.0, schedule="cosine", warmup_steps=10, total_steps=110, end_lr=0.5)
-    np.testing.assert_allclose([s(0), s(5), s(10), s(60), s(110)], [0, 1, 2, 1.25, 0.5], atol=1e-6)
+    chex.assert_trees_all_close(
+        np.asarray([s(0), s(5), s(10), s(60), s(110)]),
+        np.asarray([0, 1, 2, 1.25, 0.5]),
+        rtol=1e-7,
+        atol=1e-6,
+    )
     c = T.make_schedule(1.0, warmup_steps=4)
-    np.testing.assert_allclose([c(0), c(2), c(4), c(1000)], [0, 0.5, 1, 1], atol=1e-6)
+    chex.assert_trees_all_close(
+        np.asarray([c(0), c(2), c(4), c(1000)]), np.asarray([0, 0.5, 1, 1]), rtol=1e-7, atol=1e-6
+    )
     lin = T.make_schedule(1.0, schedule="linear", total_steps=10)
-    np.testing.assert_allclose([lin(0), lin(5), lin(10)], [1, 0.5, 0], atol=1e-6)
+    chex.assert_trees_all_close(
+        np.asarray([lin(0), lin(5), lin(10)]), np.asarray([1, 0.5, 0]), rtol=1e-7, atol=1e-6
+    )
 
 
 def test_sgd_recovers_least_squares_solution():
@@ -184,7 +194,7 @@ def test_sgd_recovers_least_squares_solution():
     state = T.create_train_state({"w": jnp.zeros(3)}, opt, jax.random.PRNGKey(0), ema=False)
     for _ in range(100):
         state, metrics = step(state, {"x": X, "y": y})
-    np.testing.assert_allclose(np.asarray(state.params["w"]), w_star, atol=1e-4)
+    chex.assert_trees_all_close(np.asarray(state.params["w"]), w_star, rtol=1e-7, atol=1e-4)
     assert float(metrics["grad_norm"]) < 1e-4
 
 
@@ -223,25 +233,25 @@ def test_step_matches_a_hand_written_update():
     state = step.place_state(state0)
     for b, (loss, gnorm, lr) in zip(batches, ref_metrics, strict=True):
         state, m = step(state, b)
-        np.testing.assert_allclose(float(m["loss"]), loss, rtol=1e-5)
-        np.testing.assert_allclose(float(m["grad_norm"]), gnorm, rtol=1e-5)
-        np.testing.assert_allclose(float(m["learning_rate"]), lr, rtol=1e-6)
+        chex.assert_trees_all_close(float(m["loss"]), loss, rtol=1e-5)
+        chex.assert_trees_all_close(float(m["grad_norm"]), gnorm, rtol=1e-5)
+        chex.assert_trees_all_close(float(m["learning_rate"]), lr, rtol=1e-6)
         assert set(m) == {"loss", "grad_norm", "learning_rate", "t_mean"}
     assert int(state.step) == 3
-    assert np.array_equal(np.asarray(state.key), np.asarray(key))
-    for got, want in [
-        (state.params, params),
-        (state.ema_params, ema),
-        (state.opt_state, opt_state),
-    ]:
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), got, want)
+    chex.assert_trees_all_equal(state.key, key)
+    chex.assert_trees_all_close(
+        (state.params, state.ema_params, state.opt_state),
+        (params, ema, opt_state),
+        rtol=2e-5,
+        atol=1e-7,
+    )
 
 
 def test_ema_decay_schedule():
     steps = jnp.arange(4)
-    np.testing.assert_allclose(T.ema_decay_at(steps, 0.99, False), [0.99] * 4, rtol=1e-7)
-    np.testing.assert_allclose(
-        T.ema_decay_at(steps, 0.99, True), [1 / 10, 2 / 11, 3 / 12, 4 / 13], rtol=1e-6
+    chex.assert_trees_all_close(T.ema_decay_at(steps, 0.99, False), np.full(4, 0.99), rtol=1e-7)
+    chex.assert_trees_all_close(
+        T.ema_decay_at(steps, 0.99, True), np.asarray([1 / 10, 2 / 11, 3 / 12, 4 / 13]), rtol=1e-6
     )
     with pytest.raises(ValueError, match="ema_decay"):
         T.make_train_step(fm_loss, optax.sgd(0.1), mesh=fj.parallel.make_mesh(), ema_decay=1.0)
@@ -462,7 +472,11 @@ def test_metrics_go_to_jsonl_tensorboard_and_stdout(tmp_path, capsys):
     assert records == [{k: v for k, v in h.items()} for h in res.history]
     scalars = T.read_tensorboard_scalars(tmp_path / "logs")
     assert [s for s, _ in scalars["loss"]] == [3, 6, 9]
-    np.testing.assert_allclose([v for _, v in scalars["loss"]], [r["loss"] for r in records], 1e-6)
+    chex.assert_trees_all_close(
+        np.asarray([v for _, v in scalars["loss"]]),
+        np.asarray([r["loss"] for r in records]),
+        rtol=1e-6,
+    )
     # the JSONL lines are plain JSON
     json.loads((tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()[0])
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.multiprocess
 def test_eight_devices_give_the_one_device_step():
     out = run_python(
         """
-        import jax, numpy as np
+        import chex, jax, numpy as np
         from flowjax import parallel
         from tests.test_training import ToyIterator, build
 
@@ -51,12 +52,11 @@ def test_eight_devices_give_the_one_device_step():
         ref_state, ref_metrics = runs["1"]
         for name in ("8", "4x2"):
             state, metrics = runs[name]
-            assert int(state.step) == 3 and np.array_equal(state.key, ref_state.key)
-            for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state), strict=True):
-                np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
-            for m, r in zip(metrics, ref_metrics, strict=True):
-                for k in r:  # grad_norm equal: the gradient is the global mean's, not N times it
-                    np.testing.assert_allclose(m[k], r[k], rtol=2e-5, err_msg=f"{name} {k}")
+            chex.assert_equal(int(state.step), 3)
+            chex.assert_trees_all_equal(state.key, ref_state.key)
+            chex.assert_trees_all_close(state, ref_state, rtol=2e-5, atol=1e-7)
+            # grad_norm equal: the gradient is the global mean's, not N times it
+            chex.assert_trees_all_close(metrics, ref_metrics, rtol=2e-5, custom_message=name)
             print(name, "max param diff", max(
                 float(np.max(np.abs(a - b)))
                 for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params))
@@ -142,9 +142,9 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     resumed = np.load(tmp_path / "out_resumed.npz")
     fresh = np.load(tmp_path / "out_fresh.npz")
     assert len(resumed.files) == len(fresh.files) > 10  # step, params, opt state, EMA, key
-    for k in fresh.files:
-        a, b = resumed[k], fresh[k]
-        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), k
+    chex.assert_trees_all_equal_shapes_and_dtypes(dict(resumed), dict(fresh))
+    for k in fresh.files:  # bit for bit (chex's equality would let -0.0 equal 0.0)
+        assert resumed[k].tobytes() == fresh[k].tobytes(), k
     pos_resumed = json.loads((tmp_path / "out_resumed.npz.json").read_text())
     pos_fresh = json.loads((tmp_path / "out_fresh.npz.json").read_text())
     assert pos_resumed == pos_fresh == {"seed": 0, "index": 12}

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,33 +31,28 @@ import jax
 import numpy as np
 
 import flowjax.data as fd
+from experiments.benchmarks.common import alternate, median
 from flowjax.data.prepare import prepare_from_arrays
 
 BATCH = 512
 
 
-def _rate(step: Callable[[], Any], batches: int, batch: int = BATCH) -> float:
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        step()
-    return batches * batch / (time.perf_counter() - t0)
-
-
 def _median_rate(step: Callable[[], Any], rounds: int, batches: int, batch: int = BATCH) -> float:
-    step()
-    step()  # warm-up (first-epoch permutation, thread pools, compilation)
-    return statistics.median(_rate(step, batches, batch) for _ in range(rounds))
+    """Median examples/s of ``batches`` calls of ``step`` (one round), after a warm-up round."""
+    return _alternate({"step": step}, rounds, batches, batch)["step"]
 
 
-def _alternate(steps: dict[str, Callable[[], Any]], rounds: int, batches: int) -> dict[str, float]:
-    for s in steps.values():
-        s()
-        s()
-    rates: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, s in steps.items():
-            rates[k].append(_rate(s, batches))
-    return {k: statistics.median(v) for k, v in rates.items()}
+def _alternate(
+    steps: dict[str, Callable[[], Any]], rounds: int, batches: int, batch: int = BATCH
+) -> dict[str, float]:
+    """:func:`experiments.benchmarks.common.alternate` of rounds of ``batches`` calls, as median
+    examples/s."""
+
+    def round_of(step: Callable[[], Any]) -> Callable[[], None]:
+        return lambda: [step() for _ in range(batches)]
+
+    times = alternate({k: round_of(s) for k, s in steps.items()}, rounds)
+    return {k: batches * batch / median(v) for k, v in times.items()}
 
 
 def _grain_step(source: Any, seed: int, threads: int) -> Callable[[], Any]:

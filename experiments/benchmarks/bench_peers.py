@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -43,114 +42,23 @@ import jax.numpy as jnp
 import numpy as np
 
 import flowjax as fj
+from experiments.benchmarks import peers_torch
+from experiments.benchmarks.common import alternate, median_ratio
+from experiments.benchmarks.peers_likelihood import (
+    reference_log_prob,
+    w3_equal_accuracy,
+    w3_likelihood,
+)
+from experiments.benchmarks.peers_torch import DEPTH, THREADS, WIDTH
 from flowjax import likelihood as L
 from flowjax import losses, models
 from flowjax import training as T
 
-WIDTH, DEPTH = 512, 4
-THREADS = 2
 # W1: flowjax evaluates the gradient of a large batch in micro-batches of this many examples
 # (grad_accum_steps): a [1024, 512] activation is 2 MiB, so each layer's matmul, SiLU and their
 # gradients stay in cache, and XLA's per-call buffer stays small. Measured here at batch 4096:
 # one pass 147 ms/step, 4 micro-batches 111 ms/step (flow_matching 120 ms/step).
 MICROBATCH = 1024
-
-
-# ----------------------------------------------------------------------------- peers (optional)
-
-
-def _peers() -> dict[str, Any]:
-    """Import the optional peers; returns what is available (and why not, otherwise)."""
-    out: dict[str, Any] = {}
-    try:
-        import torch
-
-        torch.set_num_threads(THREADS)
-        out["torch"] = torch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        out["missing"] = f"torch not installed ({e}); pip install -r requirements-bench.txt"
-        return out
-    for name in ("flow_matching", "torchcfm", "torchdiffeq"):
-        try:
-            out[name] = __import__(name)
-        except ImportError as e:  # pragma: no cover
-            out.setdefault("missing_parts", []).append(f"{name}: {e}")
-    return out
-
-
-def _torch_mlp(torch, dim: int = 2):
-    layers: list[Any] = []
-    d_in = dim + 1
-    for _ in range(DEPTH):
-        layers += [torch.nn.Linear(d_in, WIDTH), torch.nn.SiLU()]
-        d_in = WIDTH
-    layers.append(torch.nn.Linear(d_in, dim))
-    return torch.nn.Sequential(*layers)
-
-
-def _torch_from_flax(torch, params: Any):
-    """A torch copy of the flowjax MLP (Dense kernels [in, out] -> Linear weights [out, in])."""
-    dense = _dense_layers(params)
-    net = _torch_mlp(torch, dense[-1][0].shape[1])
-    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    assert len(dense) == len(linears)
-    with torch.no_grad():
-        for lin, (kernel, bias) in zip(linears, dense, strict=True):
-            lin.weight.copy_(torch.from_numpy(np.asarray(kernel, np.float32).T.copy()))
-            lin.bias.copy_(torch.from_numpy(np.array(bias, np.float32)))
-    return net
-
-
-def _flax_from_torch(net, template: Any) -> Any:
-    """flowjax parameters holding a torch network's weights (inverse of :func:`_torch_from_flax`)."""
-    import torch
-
-    lin = [
-        (m.weight.detach().numpy().T, m.bias.detach().numpy())
-        for m in net
-        if isinstance(m, torch.nn.Linear)
-    ]
-    out = {
-        "input": {"kernel": jnp.asarray(lin[0][0][:-1]), "bias": jnp.asarray(lin[0][1])},
-        "cond_input": {"kernel": jnp.asarray(lin[0][0][-1:])},
-        "output": {"kernel": jnp.asarray(lin[-1][0]), "bias": jnp.asarray(lin[-1][1])},
-    }
-    for i, (k, b) in enumerate(lin[1:-1]):
-        out[f"Dense_{i}"] = {"kernel": jnp.asarray(k), "bias": jnp.asarray(b)}
-    assert jax.tree.structure(out) == jax.tree.structure(dict(template))
-    return out
-
-
-def _dense_layers(params: Any) -> list[tuple[Any, Any]]:
-    """The flowjax MLP (``time_embedding="none"``) as dense layers on ``[x, t]``: [in, out] kernels.
-
-    Its first layer is ``input`` (x, with bias) plus ``cond_input`` (t, no bias): one Dense on
-    ``[x, t]`` with the kernels stacked.
-    """
-    hidden = sorted(
-        (k for k in params if k.startswith("Dense_")), key=lambda n: int(n.split("_")[1])
-    )
-    first = (
-        np.concatenate([params["input"]["kernel"], params["cond_input"]["kernel"]], axis=0),
-        params["input"]["bias"],
-    )
-    return (
-        [first]
-        + [(params[n]["kernel"], params[n]["bias"]) for n in hidden]
-        + [(params["output"]["kernel"], params["output"]["bias"])]
-    )
-
-
-class _TorchVelocity:
-    """``u(x, t)`` of the torch MLP on ``[x, t]``, counting its evaluations (NFE)."""
-
-    def __init__(self, torch, net):
-        self.torch, self.net, self.calls = torch, net, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        t = self.torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
-        return self.net(self.torch.cat([x, t], dim=1))
 
 
 # ----------------------------------------------------------------------------- flowjax side
@@ -203,21 +111,6 @@ def _step_runner(step, state, placed: list) -> Callable[[int], None]:
     return run
 
 
-def _alternate(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def _median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
-    """Median over rounds of ``time[num] / time[den]`` (paired within each round)."""
-    return float(np.median(np.asarray(times[num]) / np.asarray(times[den])))
-
-
 def _data(name: str, key: jax.Array, n: int) -> np.ndarray:
     return np.asarray(fj.data.toy_sample(name, key, n), np.float32)
 
@@ -248,7 +141,7 @@ def w1_training(peers: dict, batch: int, steps: int, warmup: int, rounds: int) -
 
             fm_path = AffineProbPath(scheduler=CondOTScheduler())
             torch.manual_seed(0)
-            net = _torch_mlp(torch)
+            net = peers_torch.torch_mlp(torch)
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
             def fm_step(x1):
@@ -272,7 +165,7 @@ def w1_training(peers: dict, batch: int, steps: int, warmup: int, rounds: int) -
 
             cfm = ConditionalFlowMatcher(sigma=0.0)
             torch.manual_seed(0)
-            net2 = _torch_mlp(torch)
+            net2 = peers_torch.torch_mlp(torch)
             opt2 = torch.optim.Adam(net2.parameters(), lr=1e-3)
 
             def cfm_step(x1):
@@ -290,7 +183,7 @@ def w1_training(peers: dict, batch: int, steps: int, warmup: int, rounds: int) -
 
             run_cfm(warmup)
             fns["torchcfm"] = lambda: run_cfm(steps)
-    times = _alternate(fns, rounds)
+    times = alternate(fns, rounds, warmup=0)
     out: dict[str, Any] = {
         "batch": batch,
         "flowjax_grad_accum_steps": accum,
@@ -298,12 +191,12 @@ def w1_training(peers: dict, batch: int, steps: int, warmup: int, rounds: int) -
         "steps_per_sec": {k: steps / float(np.median(v)) for k, v in times.items()},
     }
     peer_names = [k for k in fns if not k.startswith("flowjax")]
-    out["speedup_vs"] = {p: _median_ratio(times, p, "flowjax") for p in peer_names}
+    out["speedup_vs"] = {p: median_ratio(times, p, "flowjax") for p in peer_names}
     if peer_names:
         out["speedup_vs_best_peer"] = min(out["speedup_vs"].values())
         if "flowjax_one_pass" in fns:
             out["one_pass_vs_best_peer"] = min(
-                _median_ratio(times, p, "flowjax_one_pass") for p in peer_names
+                median_ratio(times, p, "flowjax_one_pass") for p in peer_names
             )
     out["gflop_per_step"] = 3 * _mlp_flops(batch) / 1e9
     return out
@@ -376,18 +269,18 @@ def w2_sampling(peers: dict, model, params, n: int, rounds: int) -> dict:
 
     results: dict[str, Any] = {}
     torch = peers.get("torch")
-    tnet = _torch_from_flax(torch, params) if torch is not None else None
+    tnet = peers_torch.torch_from_flax(torch, params) if torch is not None else None
     xt0 = torch.from_numpy(x0) if torch is not None else None
     for name, opts in settings.items():
         fns = {"flowjax": fj_run(opts)}
         if torch is not None and "flow_matching" in peers:
-            fns["flow_matching"] = _fm_sampler(torch, tnet, xt0, name)
+            fns["flow_matching"] = peers_torch.fm_sampler(torch, tnet, xt0, name)
         if torch is not None and "torchdiffeq" in peers:
-            fns["torchdiffeq"] = _odeint_sampler(torch, tnet, xt0, name)
+            fns["torchdiffeq"] = peers_torch.odeint_sampler(torch, tnet, xt0, name)
         outs = {k: f() for k, f in fns.items()}  # warm-up and the samples for quality
-        times = _alternate(fns, rounds)
+        times = alternate(fns, rounds, warmup=0)
         row: dict[str, Any] = {"ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()}}
-        row["speedup_vs"] = {p: _median_ratio(times, p, "flowjax") for p in fns if p != "flowjax"}
+        row["speedup_vs"] = {p: median_ratio(times, p, "flowjax") for p in fns if p != "flowjax"}
         row["nfe"] = {}
         row["energy"] = {}
         row["sliced_w2"] = {}
@@ -410,7 +303,7 @@ def w2_sampling(peers: dict, model, params, n: int, rounds: int) -> dict:
     for name, opts in fast.items():
         run = fj_run(opts)
         out = run()
-        t = float(np.median(_alternate({"x": run}, rounds)["x"]))
+        t = float(np.median(alternate({"x": run}, rounds, warmup=0)["x"]))
         curve[name] = {
             "ms": 1e3 * t,
             "nfe": int(out.nfe),
@@ -450,64 +343,6 @@ def w2_sampling(peers: dict, model, params, n: int, rounds: int) -> dict:
     return out
 
 
-def _fm_sampler(torch, net, x0, name: str):
-    from flow_matching.solver import ODESolver
-    from flow_matching.utils import ModelWrapper
-
-    class Wrapped(ModelWrapper):
-        def __init__(self, vel):
-            super().__init__(None)
-            self.vel = vel
-
-        def forward(self, x, t, **extras):
-            return self.vel(x, t)
-
-    method, step = {"euler_100": ("euler", 0.01), "midpoint_50": ("midpoint", 0.02)}.get(
-        name, ("dopri5", None)
-    )
-
-    def run():
-        vel = _TorchVelocity(torch, net)
-        solver = ODESolver(velocity_model=Wrapped(vel))
-        with torch.no_grad():
-            out = solver.sample(
-                x_init=x0,
-                step_size=step,
-                method=method,
-                atol=1e-5,
-                rtol=1e-5,
-                time_grid=torch.tensor([0.0, 1.0]),
-            )
-        return out.numpy(), vel.calls
-
-    return run
-
-
-def _odeint_sampler(torch, net, x0, name: str):
-    from torchdiffeq import odeint
-
-    method, opts = {
-        "euler_100": ("euler", {"step_size": 0.01}),
-        "midpoint_50": ("midpoint", {"step_size": 0.02}),
-    }.get(name, ("dopri5", {}))
-
-    def run():
-        vel = _TorchVelocity(torch, net)
-        with torch.no_grad():
-            out = odeint(
-                lambda t, x: vel(x, t),
-                x0,
-                torch.tensor([0.0, 1.0]),
-                method=method,
-                options=opts or None,
-                rtol=1e-5,
-                atol=1e-5,
-            )
-        return out[-1].numpy(), vel.calls
-
-    return run
-
-
 def _latency(peers: dict, fn, tnet, rounds: int) -> dict:
     path = fj.CondOT()
     torch = peers.get("torch")
@@ -531,208 +366,21 @@ def _latency(peers: dict, fn, tnet, rounds: int) -> dict:
 
         fns = {"flowjax": ours, "flowjax_jit": ours_jit}
         if torch is not None and "flow_matching" in peers:
-            fns["flow_matching"] = _fm_latency(torch, tnet, torch.from_numpy(x0))
-        for f in fns.values():
-            f()
-        times = _alternate(
+            fns["flow_matching"] = peers_torch.fm_latency(torch, tnet, torch.from_numpy(x0))
+        times = alternate(
             {k: (lambda f=f: [f() for _ in range(reps)]) for k, f in fns.items()}, rounds
         )
         out[f"batch_{b}"] = {
             "us_per_call": {k: 1e6 * float(np.median(v)) / reps for k, v in times.items()},
             "us_per_step": {k: 1e6 * float(np.median(v)) / reps / 20 for k, v in times.items()},
             "speedup_vs": {
-                p: _median_ratio(times, p, "flowjax") for p in fns if not p.startswith("flowjax")
+                p: median_ratio(times, p, "flowjax") for p in fns if not p.startswith("flowjax")
             },
             "speedup_jit_vs": {
-                p: _median_ratio(times, p, "flowjax_jit")
-                for p in fns
-                if not p.startswith("flowjax")
+                p: median_ratio(times, p, "flowjax_jit") for p in fns if not p.startswith("flowjax")
             },
         }
     return out
-
-
-def _fm_latency(torch, net, x0):
-    from flow_matching.solver import ODESolver
-    from flow_matching.utils import ModelWrapper
-
-    class Wrapped(ModelWrapper):
-        def forward(self, x, t, **extras):
-            tt = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
-            return self.model(torch.cat([x, tt], dim=1))
-
-    solver = ODESolver(velocity_model=Wrapped(net))
-
-    def run():
-        with torch.no_grad():
-            return solver.sample(x_init=x0, step_size=0.05, method="euler")
-
-    return run
-
-
-# ----------------------------------------------------------------------------- W3 likelihood
-
-
-# W3 at equal accuracy: flowjax's exact-divergence settings with fewer evaluations, each timed and
-# scored against a float64 reference; the cheapest one as accurate as a peer's run is compared with it
-W3_FAST = (
-    {f"heun_{k}": dict(solver="heun", num_steps=k) for k in (4, 8, 16, 32)}
-    | {
-        f"{s}_{tol:.0e}": dict(solver=s, rtol=tol, atol=tol)
-        for s in ("bosh3", "tsit5", "dopri5")
-        for tol in (1e-3, 3e-4, 1e-4, 3e-5)
-    }
-    | {  # one step sequence for the whole batch, chosen on its RMS error (the peers' convention)
-        f"{s}_{tol:.0e}_shared": dict(solver=s, rtol=tol, atol=tol, shared_steps=True)
-        for s in ("tsit5", "dopri5")
-        for tol in (1e-4, 3e-5, 1e-5)
-    }
-)
-
-
-def reference_log_prob(model, params, x: np.ndarray) -> np.ndarray:
-    """log p(x) of the model with the exact divergence, Dopri5 rtol = atol = 1e-9, float64."""
-    with jax.enable_x64(True):
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        fn = models.model_fn(model, p64)
-        res = L.log_likelihood(
-            fn, fj.CondOT(), jnp.asarray(x, jnp.float64), solver="dopri5", rtol=1e-9, atol=1e-9
-        )
-        return np.asarray(res.log_prob, np.float64)
-
-
-def _error(log_prob: np.ndarray, ref: np.ndarray) -> float:
-    """Mean absolute error of per-point log-densities (nats)."""
-    return float(np.mean(np.abs(np.asarray(log_prob, np.float64) - ref)))
-
-
-def w3_equal_accuracy(model, params, x: np.ndarray, ref: np.ndarray, table: dict) -> dict:
-    """flowjax's cheapest exact-divergence setting at least as accurate as each peer run.
-
-    ``table``: :func:`w3_likelihood`'s result (peer times and errors). flowjax's fast settings are
-    timed as the median of 3 runs each (not alternated with the peer, whose time is its row's).
-    """
-    path = fj.CondOT()
-    fn = models.model_fn(model, params)
-    fast: dict[str, Any] = {}
-    for name, opts in W3_FAST.items():
-
-        def run(opts=opts):
-            r = L.log_likelihood(fn, path, x, **opts)
-            return np.asarray(jax.block_until_ready(r.log_prob)), int(np.max(np.asarray(r.nfe)))
-
-        lp, nfe = run()
-        times = _alternate({"run": run}, 3)["run"]
-        fast[name] = {"ms": 1e3 * float(np.median(times)), "nfe": nfe, "error": _error(lp, ref)}
-    out: dict[str, Any] = {"fast": fast, "versus": {}}
-    for case, row in table.items():
-        if not (isinstance(row, dict) and "error" in row and "flow_matching" in row["error"]):
-            continue
-        if not case.startswith("exact"):
-            continue  # Hutchinson's error is its probe noise, the same estimator on both sides
-        target = row["error"]["flow_matching"]
-        ok = {k: v for k, v in fast.items() if v["error"] <= target}
-        ok[f"{case} (same settings)"] = {
-            "ms": row["ms"]["flowjax"], "nfe": row["nfe"]["flowjax"],
-            "error": row["error"]["flowjax"],
-        }  # fmt: skip
-        ok = {k: v for k, v in ok.items() if v["error"] <= target}
-        if not ok:
-            out["versus"][case] = {"peer_error": target, "flowjax": None}
-            continue
-        best = min(ok, key=lambda k: ok[k]["ms"])
-        out["versus"][case] = {
-            "peer_error": target,
-            "peer_ms": row["ms"]["flow_matching"],
-            "flowjax": best,
-            "flowjax_ms": ok[best]["ms"],
-            "flowjax_error": ok[best]["error"],
-            "speedup": row["ms"]["flow_matching"] / ok[best]["ms"],
-        }
-    return out
-
-
-def w3_likelihood(
-    peers: dict, model, params, x: np.ndarray, rounds: int, cases=None, ref=None
-) -> dict:
-    """log p(x) with flowjax and flow_matching's ``compute_likelihood`` on the same weights.
-
-    ``ref``: reference log-densities of ``x`` (:func:`reference_log_prob`); each row then reports
-    each side's mean absolute error against it.
-    """
-    path = fj.CondOT()
-    fn = models.model_fn(model, params)
-    n = x.shape[0]
-    torch = peers.get("torch")
-    tnet = _torch_from_flax(torch, params) if torch is not None else None
-    cases = cases or {
-        "exact_euler_100": dict(divergence="exact", solver="euler", num_steps=100),
-        "hutchinson_euler_100": dict(divergence="hutchinson", solver="euler", num_steps=100),
-        "exact_dopri5_1e-5": dict(divergence="exact", solver="dopri5", rtol=1e-5, atol=1e-5),
-        # flowjax with the peer's step convention (shared steps, RMS over the batch)
-        "exact_dopri5_1e-5_shared": dict(
-            divergence="exact", solver="dopri5", rtol=1e-5, atol=1e-5, shared_steps=True
-        ),
-        "hutchinson_dopri5_1e-5": dict(
-            divergence="hutchinson", solver="dopri5", rtol=1e-5, atol=1e-5
-        ),
-    }
-    out: dict[str, Any] = {"n": n, "dim": int(np.prod(x.shape[1:]))}
-    for name, opts in cases.items():
-
-        def ours(opts=opts):
-            r = L.log_likelihood(fn, path, x, key=jax.random.PRNGKey(0), **opts)
-            return np.asarray(jax.block_until_ready(r.log_prob)), int(np.max(np.asarray(r.nfe)))
-
-        fns = {"flowjax": ours}
-        if torch is not None and "flow_matching" in peers:
-            fns["flow_matching"] = _fm_likelihood(torch, tnet, torch.from_numpy(x), opts)
-        results = {k: f() for k, f in fns.items()}
-        times = _alternate(fns, rounds)
-        out[name] = {
-            "ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
-            "mean_nll": {k: float(-np.mean(r[0])) for k, r in results.items()},
-            "nfe": {k: r[1] for k, r in results.items()},
-            "speedup_vs": {p: _median_ratio(times, p, "flowjax") for p in fns if p != "flowjax"},
-        }
-        if ref is not None:
-            out[name]["error"] = {k: _error(r[0], ref) for k, r in results.items()}
-    return out
-
-
-def _fm_likelihood(torch, net, x1, opts: dict):
-    from flow_matching.solver import ODESolver
-    from flow_matching.utils import ModelWrapper
-
-    vel = _TorchVelocity(torch, net)
-
-    class Wrapped(ModelWrapper):
-        def forward(self, x, t, **extras):
-            return vel(x, t)
-
-    solver = ODESolver(velocity_model=Wrapped(None))
-    exact = opts["divergence"] == "exact"
-    method = opts["solver"]
-    step = 1.0 / opts["num_steps"] if "num_steps" in opts else None
-
-    def log_p0(z):
-        return -0.5 * (z**2).sum(dim=1) - z.shape[1] * 0.5 * math.log(2 * math.pi)
-
-    def run():
-        vel.calls = 0
-        torch.manual_seed(0)
-        _, lp = solver.compute_likelihood(
-            x_1=x1,
-            log_p0=log_p0,
-            step_size=step,
-            method=method,
-            atol=opts.get("atol", 1e-5),
-            rtol=opts.get("rtol", 1e-5),
-            exact_divergence=exact,
-        )
-        return lp.detach().numpy(), vel.calls
-
-    return run
 
 
 # ----------------------------------------------------------------------------- W4 ground truth
@@ -757,7 +405,7 @@ def w4_ground_truth(peers: dict, steps: int, n_test: int) -> dict:
             if peer not in peers:
                 continue
             torch.manual_seed(0)
-            net = _torch_mlp(torch)
+            net = peers_torch.torch_mlp(torch)
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
             if peer == "flow_matching":
                 from flow_matching.path import AffineProbPath
@@ -789,7 +437,7 @@ def w4_ground_truth(peers: dict, steps: int, n_test: int) -> dict:
                 loss.backward()
                 opt.step()
             out["train_seconds"][peer] = time.perf_counter() - t0
-            trained[peer] = _flax_from_torch(net, jax.device_get(p_best))
+            trained[peer] = peers_torch.flax_from_torch(net, jax.device_get(p_best))
     with jax.enable_x64(True):
         path = fj.CondOT()
         for name, params in trained.items():
@@ -811,7 +459,7 @@ def matmul_rate(rounds: int = 5) -> dict:
     f = jax.jit(lambda a, b: jax.lax.fori_loop(0, reps, lambda i, c: (c @ b) * 1e-3, a))
     jax.block_until_ready(f(a, b))
     fns: dict[str, Callable[[], Any]] = {"jax": lambda: jax.block_until_ready(f(a, b))}
-    peers = _peers()
+    peers = peers_torch.peers()
     torch = peers.get("torch")
     if torch is not None:
         ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
@@ -824,7 +472,7 @@ def matmul_rate(rounds: int = 5) -> dict:
 
         tmm()
         fns["torch"] = tmm
-    times = _alternate(fns, rounds)
+    times = alternate(fns, rounds, warmup=0)
     flops = 2.0 * 4096 * 512 * 512 * reps
     return {k: flops / float(np.min(v)) / 1e9 for k, v in times.items()}
 
@@ -845,7 +493,7 @@ def run(quick: bool = False, workloads: tuple[str, ...] = WORKLOADS) -> dict:
     if unknown:
         raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
     t_start = time.perf_counter()
-    peers = _peers()
+    peers = peers_torch.peers()
     cfg = (
         dict(
             steps=5,

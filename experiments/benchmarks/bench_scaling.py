@@ -69,23 +69,15 @@ def _scaling_child(
             initialization_timeout=120,
             heartbeat_timeout_seconds=60,
         )
-    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import flowjax as fj
     from experiments.benchmarks.bench_training import spread
+    from experiments.benchmarks.common import MLP
 
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x, t):
-            h = jnp.concatenate([x, t[:, None]], axis=-1)
-            for _ in range(3):
-                h = nn.silu(nn.Dense(256)(h))
-            return nn.Dense(2)(h)
-
-    model, path = MLP(), fj.CondOT()
+    model, path = MLP(width=256, depth=3), fj.CondOT()
 
     def loss_fn(params, b, key):
         x1 = b["x"]

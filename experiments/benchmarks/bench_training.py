@@ -39,32 +39,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import flowjax as fj
+from experiments.benchmarks.common import MLP
 from flowjax import parallel
 from flowjax import training as T
 
 
-class MLP(nn.Module):
-    """4 hidden layers of 512 SiLU units; input (x, t) in R^3, output a velocity in R^2."""
-
-    width: int = 512
-    depth: int = 4
-
-    @nn.compact
-    def __call__(self, h: jax.Array) -> jax.Array:
-        for _ in range(self.depth):
-            h = nn.silu(nn.Dense(self.width)(h))
-        return nn.Dense(2)(h)
-
-
 def _workload(batch_size: int) -> tuple[Callable, Any, dict]:
-    model = MLP()
+    model = MLP(width=512, depth=4)
     path = fj.CondOT()
 
     def loss_fn(params, batch, key):
@@ -74,10 +61,11 @@ def _workload(batch_size: int) -> tuple[Callable, Any, dict]:
         t = jax.random.uniform(k_t, (x1.shape[0],), x1.dtype)
         xt = path.interpolate(x1, eps, t)
         target = path.conditional_target("velocity", x1, eps, t)
-        pred = model.apply({"params": params}, jnp.concatenate([xt, t[:, None]], axis=-1))
+        pred = model.apply({"params": params}, xt, t)
         return jnp.mean((pred - target) ** 2), {}
 
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 3)))["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+    params = params["params"]
     mixture = fj.oracle.eight_gaussians()
     x = np.asarray(jax.jit(lambda k: mixture.sample(k, batch_size))(jax.random.PRNGKey(1)))
     return loss_fn, params, {"x": x}

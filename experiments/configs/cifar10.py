@@ -9,7 +9,7 @@
 
 The U-Net is flowjax's (adaptive group norm conditioning), at DDPM's widths, so parameter counts
 are close to but not exactly DDPM's 35.7M. FID/KID need Inception-v3 weights as a local file
-(``--config.eval.inception_weights``; see experiments/evaluation.py); the project's classifier
+(``--config.eval.inception_weights``; see experiments/evaluators/inception.py); the project's classifier
 FD is off here (it is for digits and MNIST). Options ``cond`` (class-conditional, label dropout
 0.1, a guided sampler) and ``local`` (tiny U-Net, few steps: CPU smoke runs, mock data tests).
 

@@ -16,7 +16,7 @@ Launch (the README's main job)::
 Overrides: ``--config.training.num_steps=10000 --config.optim.lr=3e-4``. Local variant
 (``default.py:local``): a smaller and shorter run for smoke tests.
 
-Schema. Every key of every experiment must exist here (``experiments.train.check_config``
+Schema. Every key of every experiment must exist here (``experiments.schema.check_config``
 rejects unknown keys, naming them); the open sections are ``path.options`` (keyword arguments of
 :func:`flowjax.paths.get_path`) and ``sampling.samplers`` (named samplers, each with the keys of
 :func:`sampler`). Keys whose value is ``None`` are typed placeholders: overridable from the
@@ -28,7 +28,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-#: Every key a sampler entry has (flat; ``experiments.train`` builds the method, solver, grid and
+#: Every key a sampler entry has (flat; ``experiments.samplers`` builds the method, solver, grid and
 #: step-control objects of ``flowjax.sampling.sample`` from them). ``sigma`` is a string: a number
 #: (``"0.5"``: constant sigma_t) or ``"reverse"`` (the reverse-time SDE). ``corrector_steps``: the
 #: Langevin steps of ``pc`` and ``langevin``. ``churn, s_tmin, s_tmax, s_noise``: ``edm``'s
@@ -220,6 +220,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "atol": 1e-4,
             "divergence": "exact",  # exact | hutchinson
             "num_probes": 1,
+            "shared_steps": False,  # True: one adaptive solve of the whole batch (RMS error)
             "num_dequantizations": 1,  # images
         }
     )
@@ -239,7 +240,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ev.classifier_steps = 2000
     ev.inception = False  # Inception FID/KID: needs inception_weights
     ev.inception_weights = (
-        ""  # path to the Inception-v3 weights (.npz, see experiments/evaluation.py)
+        ""  # path to the Inception-v3 weights (.npz, see experiments/evaluators/inception.py)
     )
     ev.inception_batch_size = 50
     ev.kid_subset_size = 1000

@@ -11,7 +11,7 @@ Options (``digits.py:OPTION,...``):
 Trained on uniformly dequantized data, so eval.json's bits/dim is the standard dequantization bound
 (the digits' 17 levels in [-1, 1]: +log2(17/2) = 3.09 bits/dim offset). Sample quality: a grid,
 the Frechet distance in the features of a small classifier trained by flowjax on the digits
-(cached; see experiments/evaluation.py) with its data floor, and the pixel-space energy distance
+(cached; see experiments/evaluators/classifier.py) with its data floor, and the pixel-space energy distance
 with its finite-sample floor. Sized for a CPU: 34-44 minutes measured on a busy, shared 2-core
 machine (about 20 of them training); results in experiments/RESULTS.md.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,7 @@ def _toy(name: str | GaussianMixture, split: str, seed: int, num_examples: int |
         raise ValueError(f"unknown toy split {split!r}; valid choices are: {', '.join(TOY_SIZES)}")
     n = TOY_SIZES[split] if num_examples is None else int(num_examples)
     source = toy_dataset(name, n, seed, split)
+    oracle: GaussianMixture | None
     if isinstance(name, GaussianMixture):
         label, oracle = "mixture", name
     else:
@@ -171,6 +173,8 @@ def get_dataset(
         source: Any = digits_source(split)
         shape, num_classes, num_levels = (8, 8, 1), 10, DIGITS_NUM_LEVELS
     else:
+        if not _TFDS_NAME.fullmatch(name):  # tfds would fail parsing it, without the built-ins
+            raise _unknown_name(name)
         try:
             source, meta = tfds_source(
                 name,
@@ -226,6 +230,18 @@ def _dataset_not_found(name: str, err: DatasetNotFoundError) -> DatasetNotFoundE
     builtin = f"Built-in data sets (no preparation needed): {', '.join(BUILTIN_DATASETS)}."
     if not isinstance(err.__cause__, tfds.core.registered.DatasetNotFoundError):
         return DatasetNotFoundError(f"{err}\n{_PREPARED}\n{builtin}")
+    return _unknown_name(name)
+
+
+# tensorflow-datasets' builder-name syntax: dataset_name[/config_name][:version][/kwargs]
+_TFDS_NAME = re.compile(r"[A-Za-z_]\w*(/[\w.]+)?(:[\w.*]+)?(/.+)?")
+
+
+def _unknown_name(name: str) -> DatasetNotFoundError:
+    """The error for a name that is neither built in nor any tfds builder (close names offered)."""
+    import tensorflow_datasets as tfds
+
+    builtin = f"Built-in data sets (no preparation needed): {', '.join(BUILTIN_DATASETS)}."
     known = [*BUILTIN_DATASETS, *tfds.list_builders(with_community_datasets=False)]
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

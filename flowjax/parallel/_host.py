@@ -62,7 +62,7 @@ def local_rows(x: Array) -> np.ndarray:
         return np.asarray(x)
     if x.is_fully_addressable:
         return np.asarray(x)
-    pieces = {}
+    pieces: dict[int, np.ndarray] = {}
     for shard in x.addressable_shards:
         start = (shard.index[0].start or 0) if shard.index else 0
         pieces.setdefault(start, np.asarray(shard.data))

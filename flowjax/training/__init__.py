@@ -11,7 +11,9 @@ uses most (:func:`make_mesh`, :func:`shard_batch`, :func:`fsdp_sharding`, ...) a
 * :class:`Checkpointer`: orbax checkpoints of state + data-iterator position, verified on restore
   against CRC-32 checksums of every shard (:func:`state_checksums`, :func:`state_fingerprint`).
 * :class:`MetricWriter`, :func:`read_jsonl`: stdout, JSONL and TensorBoard metrics.
-* :func:`train_loop`: resume, train, log, checkpoint, stop on NaN, save on SIGTERM.
+* :func:`train_loop`: resume, train, log, checkpoint, stop on NaN, save on SIGTERM; over a
+  :class:`StepFn` (a :class:`TrainStep`) and a data iterator (a :class:`ResumableIterator` resumes
+  exactly).
 
 Scale (large models and batches, many processes):
 
@@ -46,6 +48,8 @@ from flowjax.training._checksum import state_checksums, state_fingerprint
 from flowjax.training._loop import (
     DistributedFailureError,
     NonFiniteLossError,
+    ResumableIterator,
+    StepFn,
     TrainResult,
     train_loop,
 )
@@ -93,6 +97,8 @@ __all__ = [
     "MetricWriter",
     "NonFiniteLossError",
     "Restored",
+    "ResumableIterator",
+    "StepFn",
     "TrainResult",
     "TrainState",
     "TrainStep",

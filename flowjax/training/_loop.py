@@ -7,8 +7,8 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import numpy as np
@@ -20,6 +20,32 @@ from flowjax.training._metrics import MetricWriter
 from flowjax.training._state import TrainState, abstract_state
 
 CHECKED_METRICS = ("loss", "grad_norm")
+
+Batch = Mapping[str, Any]
+Metrics = Mapping[str, Array]
+
+
+class StepFn(Protocol):
+    """What :func:`train_loop` steps with (a :class:`~flowjax.training.TrainStep`): the update,
+    and where the state and each batch go (its shardings)."""
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]: ...
+
+    def place_state(self, state: TrainState) -> TrainState: ...
+
+    def shard_batch(self, batch: Batch) -> Batch: ...
+
+
+@runtime_checkable
+class ResumableIterator(Protocol):
+    """A data iterator whose position is checkpointed and restored with the state (e.g. the
+    iterators of :func:`flowjax.data.make_iterator`), so a resumed run equals an uninterrupted one."""
+
+    def __next__(self) -> Batch: ...
+
+    def get_state(self) -> dict[str, Any]: ...
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -121,14 +147,143 @@ class _SignalFlag:
             signal.signal(sig, old)
 
 
-def _batch_size(batch: Mapping[str, Any]) -> int:
+def _batch_size(batch: Batch) -> int:
     return int(np.shape(next(iter(batch.values())))[0])
+
+
+class _Metrics:
+    """The metrics of a run: kept on the devices until :meth:`check` fetches them (stopping on a
+    non-finite loss or gradient norm), averaged over each logging window by :meth:`log`."""
+
+    def __init__(self, writer: MetricWriter | None, checkpointer: Checkpointer | None, bar: Any):
+        self.writer, self.checkpointer, self.bar = writer, checkpointer, bar
+        self.history: list[dict] = []
+        self.pending: list[tuple[int, Metrics]] = []
+        self.window: list[tuple[int, dict[str, float]]] = []
+        self.examples = self.rate_steps = 0  # the compiling first step is left out of the rates
+        self.t_window = time.perf_counter()
+        self.first_step_s: float | None = None
+
+    def add(self, step: int, metrics: Metrics, batch: Batch, t0: float) -> None:
+        """Record a step's metrics (``t0``: when the step was called)."""
+        self.pending.append((step, metrics))
+        if self.first_step_s is None:
+            jax.block_until_ready(metrics)
+            self.first_step_s = time.perf_counter() - t0
+            self.t_window = time.perf_counter()
+        else:
+            self.examples += _batch_size(batch)
+            self.rate_steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def check(self) -> None:
+        """Fetch pending metrics; raise :class:`NonFiniteLossError` on a non-finite one."""
+        if not self.pending:
+            return
+        values = jax.device_get([m for _, m in self.pending])
+        for (s, _), vals in zip(self.pending, values, strict=True):
+            for name in CHECKED_METRICS:
+                v = float(vals[name]) if name in vals else 0.0
+                if not math.isfinite(v):
+                    self._stop(s, name, v)
+            self.window.append((s, {k: float(v) for k, v in vals.items()}))
+        self.pending.clear()
+
+    def _stop(self, step: int, name: str, value: float) -> None:
+        self.pending.clear()
+        ckpt, latest = self.checkpointer, None
+        if ckpt is not None:
+            ckpt.wait_until_finished()
+            latest = ckpt.latest_step()
+        if self.writer is not None:
+            self.writer.write(step, {name: value})
+            self.writer.flush()
+        if self.bar is not None:
+            self.bar.close()
+        raise NonFiniteLossError(step, name, value, latest, ckpt.directory if ckpt else None)
+
+    def log(self) -> None:
+        """Check, then write one record of the window's means (rates over the window)."""
+        self.check()
+        if not self.window:
+            return
+        now = time.perf_counter()
+        record: dict[str, Any] = {"step": self.window[-1][0]}
+        for k in self.window[-1][1]:
+            vals = [w[k] for _, w in self.window if k in w]
+            record[k] = vals[-1] if k == "learning_rate" else float(np.mean(vals))
+        dt = now - self.t_window
+        if dt > 0 and self.rate_steps:
+            record["steps_per_sec"] = self.rate_steps / dt
+            record["examples_per_sec"] = self.examples / dt
+        if not self.history and self.first_step_s is not None:
+            record["first_step_s"] = self.first_step_s
+        self.window.clear()
+        self.examples, self.rate_steps, self.t_window = 0, 0, now
+        self.history.append(record)
+        if self.writer is not None:
+            self.writer.write(record["step"], {k: v for k, v in record.items() if k != "step"})
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}", refresh=False)
+
+
+def _restore(
+    state: TrainState, checkpointer: Checkpointer | None, data_iter: Iterator[Batch]
+) -> tuple[TrainState, int | None]:
+    """The newest intact checkpoint's state (and data position), or ``state`` unchanged."""
+    restored = checkpointer.restore(abstract_state(state)) if checkpointer is not None else None
+    if restored is None:
+        return state, None
+    if restored.data_state is not None:
+        if not isinstance(data_iter, ResumableIterator):
+            raise TypeError(
+                f"checkpoint step {restored.step} holds a data-iterator state but "
+                f"{type(data_iter).__name__} has no set_state(); the run cannot resume exactly"
+            )
+        data_iter.set_state(restored.data_state)
+    return restored.state, restored.step
+
+
+def _save(
+    checkpointer: Checkpointer,
+    state: TrainState,
+    step: int,
+    data_iter: Iterator[Batch],
+    metadata: dict | None,
+) -> None:
+    data_state = data_iter.get_state() if isinstance(data_iter, ResumableIterator) else None
+    try:
+        checkpointer.save(state, data_state=data_state, metadata=metadata, step=step)
+    except FloatingPointError as err:
+        raise NonFiniteLossError(
+            step, "state", float("nan"), checkpointer.latest_step(), checkpointer.directory
+        ) from err
+
+
+def _next_batch(data_iter: Iterator[Batch], step: int, num_steps: int) -> Batch:
+    try:
+        return next(data_iter)
+    except StopIteration:
+        raise RuntimeError(
+            f"the data iterator was exhausted at step {step} of {num_steps}"
+        ) from None
+
+
+def _progress_bar(progress: bool | None, start_step: int, num_steps: int) -> Any:
+    if progress is None:
+        progress = is_primary() and num_steps - start_step >= 1000
+    if not (progress and num_steps > start_step):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=num_steps, initial=start_step, dynamic_ncols=True, mininterval=1.0)
 
 
 def train_loop(
     state: TrainState,
-    step_fn: Callable[[TrainState, Mapping[str, Any]], tuple[TrainState, Mapping[str, Array]]],
-    data_iter: Iterator[Mapping[str, Any]],
+    step_fn: StepFn,
+    data_iter: Iterator[Batch],
     *,
     num_steps: int,
     checkpointer: Checkpointer | None = None,
@@ -145,10 +300,11 @@ def train_loop(
     Args:
       state: a freshly initialised state (also the template that checkpoints restore into, with
         its shardings); it is replaced by the newest checkpoint in ``checkpointer`` if there is one.
-      step_fn: ``state, metrics = step_fn(state, batch)``, e.g. a :class:`TrainStep`.
-      data_iter: yields per-process batches (dicts of numpy arrays). If it has ``get_state()`` and
-        ``set_state(dict)``, its position is checkpointed and restored, which makes a resumed run
-        identical to an uninterrupted one.
+      step_fn: ``state, metrics = step_fn(state, batch)`` with its ``place_state`` and
+        ``shard_batch`` (:class:`StepFn`: a :class:`TrainStep`).
+      data_iter: yields per-process batches (dicts of numpy arrays). A :class:`ResumableIterator`
+        (``get_state()``, ``set_state(dict)``) has its position checkpointed and restored, which
+        makes a resumed run identical to an uninterrupted one.
       num_steps: the total number of steps of the run (not of this call).
       checkpointer: where to save (``None``: no checkpoints).
       writer: where metrics go (``None``: nowhere; see :class:`MetricWriter`).
@@ -185,149 +341,42 @@ def train_loop(
             f"need num_steps >= 0, log_every >= 1, checkpoint_every >= 1 or None; got "
             f"{num_steps}, {log_every}, {checkpoint_every}"
         )
-    place = getattr(step_fn, "place_state", None)
-    if place is not None:
-        state = place(state)
-    restored_step = None
-    if checkpointer is not None:
-        restored = checkpointer.restore(abstract_state(state))
-        if restored is not None:
-            state, restored_step = restored.state, restored.step
-            if restored.data_state is not None:
-                if not hasattr(data_iter, "set_state"):
-                    raise TypeError(
-                        f"checkpoint step {restored.step} holds a data-iterator state but "
-                        f"{type(data_iter).__name__} has no set_state(); the run cannot resume "
-                        "exactly"
-                    )
-                data_iter.set_state(restored.data_state)
+    state, restored_step = _restore(step_fn.place_state(state), checkpointer, data_iter)
     step = start_step = int(jax.device_get(state.step))
-    shard = getattr(step_fn, "shard_batch", None)
-    history: list[dict] = []
-    pending: list[tuple[int, Mapping[str, Array]]] = []
-    window: list[tuple[int, dict[str, float]]] = []
-    examples = rate_steps = 0  # the compiling first step of a call is left out of the rates
-    t_window = time.perf_counter()
-    first_step_s = None
-
-    if progress is None:
-        progress = is_primary() and num_steps - start_step >= 1000
-    bar = None
-    if progress and num_steps > start_step:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, initial=start_step, dynamic_ncols=True, mininterval=1.0)
-
-    def check() -> None:
-        """Fetch pending metrics, stop on a non-finite loss or gradient norm."""
-        if not pending:
-            return
-        values = jax.device_get([m for _, m in pending])
-        for (s, _), vals in zip(pending, values, strict=True):
-            for name in CHECKED_METRICS:
-                v = float(vals[name]) if name in vals else 0.0
-                if not math.isfinite(v):
-                    pending.clear()
-                    latest = None
-                    if checkpointer is not None:
-                        checkpointer.wait_until_finished()
-                        latest = checkpointer.latest_step()
-                    if writer is not None:
-                        writer.write(s, {name: v})
-                        writer.flush()
-                    if bar is not None:
-                        bar.close()
-                    raise NonFiniteLossError(
-                        s, name, v, latest, checkpointer.directory if checkpointer else None
-                    )
-            window.append((s, {k: float(v) for k, v in vals.items()}))
-        pending.clear()
-
-    def log() -> None:
-        nonlocal examples, rate_steps, t_window
-        check()
-        if not window:
-            return
-        now = time.perf_counter()
-        record: dict[str, Any] = {"step": window[-1][0]}
-        for k in window[-1][1]:
-            vals = [w[k] for _, w in window if k in w]
-            record[k] = vals[-1] if k == "learning_rate" else float(np.mean(vals))
-        dt = now - t_window
-        if dt > 0 and rate_steps:
-            record["steps_per_sec"] = rate_steps / dt
-            record["examples_per_sec"] = examples / dt
-        if not history and first_step_s is not None:
-            record["first_step_s"] = first_step_s
-        window.clear()
-        examples, rate_steps, t_window = 0, 0, now
-        history.append(record)
-        if writer is not None:
-            writer.write(record["step"], {k: v for k, v in record.items() if k != "step"})
-        if bar is not None:
-            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}", refresh=False)
-
+    bar = _progress_bar(progress, start_step, num_steps)
+    metrics = _Metrics(writer, checkpointer, bar)
     last_checkpoint = restored_step
 
     def save() -> None:
         nonlocal last_checkpoint
-        if checkpointer is None:
-            return
-        check()
-        get_state = getattr(data_iter, "get_state", None)
-        try:
-            checkpointer.save(
-                state,
-                data_state=get_state() if get_state is not None else None,
-                metadata=metadata,
-                step=step,
-            )
-        except FloatingPointError as err:
-            raise NonFiniteLossError(
-                step, "state", float("nan"), checkpointer.latest_step(), checkpointer.directory
-            ) from err
-        last_checkpoint = step
+        if checkpointer is not None:
+            metrics.check()
+            _save(checkpointer, state, step, data_iter, metadata)
+            last_checkpoint = step
 
     preempted = False
     multi = jax.process_count() > 1
     try:
-        signals = tuple(handle_signals) if not multi else ()
-        with _SignalFlag(signals) as flag:
+        with _SignalFlag(tuple(handle_signals) if not multi else ()) as flag:
             while step < num_steps:
-                try:
-                    batch = next(data_iter)
-                except StopIteration:
-                    raise RuntimeError(
-                        f"the data iterator was exhausted at step {step} of {num_steps}"
-                    ) from None
-                if shard is not None:
-                    batch = shard(batch)
+                batch = step_fn.shard_batch(_next_batch(data_iter, step, num_steps))
                 t0 = time.perf_counter()
-                state, metrics = step_fn(state, batch)
+                state, step_metrics = step_fn(state, batch)
                 step += 1
-                pending.append((step, metrics))
-                if first_step_s is None:
-                    jax.block_until_ready(metrics)
-                    first_step_s = time.perf_counter() - t0
-                    t_window = time.perf_counter()
-                else:
-                    examples += _batch_size(batch)
-                    rate_steps += 1
-                if bar is not None:
-                    bar.update(1)
+                metrics.add(step, step_metrics, batch, t0)
                 if step % log_every == 0 or step == num_steps:
-                    log()
+                    metrics.log()
                 if checkpoint_every is not None and step % checkpoint_every == 0:
                     save()
                 stop = flag.received is not None
-                if not stop and checkpointer is not None and jax.process_count() > 1:
+                if not stop and checkpointer is not None and multi:
                     stop = checkpointer.reached_preemption(step)
                 if stop and step < num_steps:
-                    log()
+                    metrics.log()
                     save()
                     preempted = True
                     break
-            log()
+            metrics.log()
             save()
             if checkpointer is not None:
                 checkpointer.wait_until_finished()
@@ -350,5 +399,5 @@ def train_loop(
         start_step=start_step,
         restored_step=restored_step,
         preempted=preempted,
-        history=history,
+        history=metrics.history,
     )

@@ -71,7 +71,7 @@ class MetricWriter:
             line = f"step {step}" + "".join(f" | {k} {_fmt(v)}" for k, v in values.items())
             print(line, file=self._stream or sys.stdout, flush=True)
         if self._jsonl is not None:
-            record = {"step": int(step)}
+            record: dict[str, int | float | str] = {"step": int(step)}
             record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -32,6 +33,8 @@ def make_schedule(
       end_lr: final learning rate of cosine and linear decay.
     """
     choice(schedule, SCHEDULES, "learning-rate schedule")
+    if not math.isfinite(lr) or not math.isfinite(end_lr):
+        raise ValueError(f"lr and end_lr must be finite; got lr={lr}, end_lr={end_lr}")
     if lr < 0 or warmup_steps < 0:
         raise ValueError(
             f"lr and warmup_steps must be >= 0; got lr={lr}, warmup_steps={warmup_steps}"

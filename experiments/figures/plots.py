@@ -1,6 +1,6 @@
 """Figures of an experiment (matplotlib, Agg backend), each saved with the settings that made it.
 
-Every function takes plain NumPy arrays (computed by ``experiments.train``), writes ``NAME.png``
+Every function takes plain NumPy arrays (computed by :mod:`experiments.figures.experiment`), writes ``NAME.png``
 and a sidecar ``NAME.json`` holding ``settings`` (the sampler, checkpoint step, times, ... that
 produced the figure) and returns the PNG's path. Nothing here touches a model.
 

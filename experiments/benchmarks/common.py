@@ -1,0 +1,71 @@
+"""What the benchmarks share: one timing rule and one benchmark MLP.
+
+* :func:`alternate`: each function timed once per round, the order rotated every round, after
+  ``warmup`` untimed calls each; every result is blocked on before the clock stops.
+* :class:`MLP`: ``[x, t]`` through ``depth`` SiLU layers of ``width`` units to ``dim`` outputs, the
+  velocity network of the toy workloads (``bench_peers`` mirrors its shape with flowjax's own
+  ``models.MLP`` and a torch copy; ``bench_training`` and ``bench_scaling`` use this one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["MLP", "alternate", "median", "median_ratio"]
+
+
+def alternate(
+    fns: dict[str, Callable[[], Any]], rounds: int, *, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``rounds`` times, alternated.
+
+    In each round every function runs once; the order is rotated by one every round, so that no
+    function always runs right after the same other one. Before timing each function runs
+    ``warmup`` times (compilation, caches, thread pools; pass 0 when the caller has warmed up, e.g.
+    with a number of training steps). What a call returns is blocked on
+    (``jax.block_until_ready``) inside the timed interval.
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            jax.block_until_ready(fns[name]())
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[name]())
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
+def median(times: list[float]) -> float:
+    """The median of a list of timings (seconds)."""
+    return float(np.median(np.asarray(times)))
+
+
+def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of ``time[num] / time[den]`` (paired within each round)."""
+    return float(np.median(np.asarray(times[num]) / np.asarray(times[den])))
+
+
+class MLP(nn.Module):
+    """``[x, t]`` -> ``depth`` Dense + SiLU layers of ``width`` -> Dense ``dim`` (a velocity)."""
+
+    width: int = 512
+    depth: int = 4
+    dim: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        h = jnp.concatenate([x, t[:, None].astype(x.dtype)], axis=-1)
+        for _ in range(self.depth):
+            h = nn.silu(nn.Dense(self.width)(h))
+        return nn.Dense(self.dim)(h)
