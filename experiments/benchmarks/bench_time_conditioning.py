@@ -57,7 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 QUICK = ("sin1000", "none", "sin1", "fourier1")
 #: The digits U-Net's variants (``--unet``): the old default, and the candidates.
-UNET_VARIANTS = ("sin1000", "sin1", "none")
+UNET_VARIANTS = ("sin1000", "sin1", "none", "sin_edm")
 #: The digits config's U-Net (experiments/configs/digits.py).
 DIGITS_UNET = {"channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1, "num_groups": 8}
 
