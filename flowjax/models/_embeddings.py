@@ -81,7 +81,7 @@ class SinusoidalEmbedding(nn.Module):
     max_period: float = 10000.0
 
     @nn.compact
-    def __call__(self, t: Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+    def __call__(self, t: Float[ArrayLike, "*B"]) -> Float[Array, "B dim"]:
         t = jnp.asarray(t)
         t = batch_time(t, t.shape[0] if t.ndim else 1)
         return sinusoidal_embedding(t, self.dim, scale=self.scale, max_period=self.max_period)
@@ -95,7 +95,7 @@ class FourierEmbedding(nn.Module):
     seed: int = 0
 
     @nn.compact
-    def __call__(self, t: Float[ArrayLike, " B"]) -> Float[Array, "B dim"]:
+    def __call__(self, t: Float[ArrayLike, "*B"]) -> Float[Array, "B dim"]:
         t = jnp.asarray(t)
         t = batch_time(t, t.shape[0] if t.ndim else 1)
         return fourier_embedding(t, self.dim, scale=self.scale, seed=self.seed)
