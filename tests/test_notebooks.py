@@ -142,7 +142,19 @@ def test_no_notebook_uses_widgets_in_its_executed_code():
                 assert "ipywidgets" not in cell.source and "interact(" not in cell.source, name
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+# The fast suite (the README's test command, < 10 min on 2 cores) runs the four lightest notebooks
+# in fast mode; the other four run in fast mode under --runslow, and every notebook in full mode.
+_HEAVY_FAST = {
+    "04_langevin_and_pc.ipynb",
+    "05_flow_matching_vs_ddpm.ipynb",
+    "06_exact_likelihood.ipynb",
+    "07_guidance_and_inverse_problems.ipynb",
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] * (n in _HEAVY_FAST)) for n in NOTEBOOKS]
+)
 def test_notebook_runs(name, monkeypatch):
     _execute(name, monkeypatch, fast=True)
 

@@ -20,7 +20,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_python_tour_runs():
-    """The tour's code blocks run as written (training shortened to 20 steps)."""
+    """The tour's code blocks run as written (trainings shortened to 20 steps)."""
     import pytest
 
     readme = (ROOT / "README.md").read_text()
@@ -28,7 +28,8 @@ def test_readme_python_tour_runs():
     checked_line = "fj.checked(jax.jit(path.coefficients))(jnp.array(1.5))"
     assert checked_line in code
     code = code.replace(checked_line, "_expect_raise(lambda: " + checked_line + ")")
-    code = code.replace("range(3000)", "range(20)")
+    code = code.replace("range(3000)", "range(20)")  # the training snippet
+    code = code.replace("range(2000)", "range(20)")  # the one-step snippet
 
     def _expect_raise(fn):
         with pytest.raises(Exception, match="valid range"):

@@ -769,6 +769,7 @@ print("OK", pid, flush=True)
 )
 
 
+@pytest.mark.slow  # 30 s; the fast suite's multi-process coverage is test_training_distributed
 @pytest.mark.multiprocess
 def test_two_processes_train_sample_and_evaluate_like_one(tmp_path):
     """2 processes x 2 devices: training, checkpoints, sampling and likelihood (fast version)."""
