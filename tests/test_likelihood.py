@@ -151,6 +151,7 @@ def test_samples_with_log_density_agree_with_log_likelihood(x64):
     np.testing.assert_allclose(res.log_prob, mix.data_log_prob(x), atol=1e-3, rtol=0)
 
 
+@pytest.mark.slow  # 15-20 s
 def test_shared_steps(x64):
     # one solve of the whole batch: on a fixed grid exactly the per-example values (Hutchinson with
     # the same probes too); adaptive, one step count for all and the oracle's value within tolerance
