@@ -121,6 +121,16 @@ def consistency_levels(
     return jax.random.categorical(key, logits, shape=(n,))
 
 
+def _data_and_huber_c(
+    batch: Mapping[str, Array], huber_c: float | None
+) -> tuple[Float[Array, "B ..."], int, float]:
+    """``(x1, B, c)``: the checked data and the pseudo-Huber ``c`` (iCT's ``0.00054 sqrt(d)``)."""
+    x1 = v.require_floating(batch["x"], 'batch["x"]')
+    v.require_batched(x1, 'batch["x"]', 2)
+    dim = math.prod(x1.shape[1:])
+    return x1, x1.shape[0], 0.00054 * math.sqrt(dim) if huber_c is None else huber_c
+
+
 def consistency_output(
     path: AbstractPath,
     x: Float[Array, "B ..."],
@@ -221,10 +231,7 @@ def make_consistency_training_loss(
     def loss_fn(
         params: PyTree, batch: Mapping[str, Array], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
-        x1 = v.require_floating(batch["x"], 'batch["x"]')
-        v.require_batched(x1, 'batch["x"]', 2)
-        n, dim = x1.shape[0], math.prod(x1.shape[1:])
-        c = 0.00054 * math.sqrt(dim) if huber_c is None else huber_c
+        x1, n, c = _data_and_huber_c(batch, huber_c)
         k_i, k_eps, k_model = jax.random.split(key, 3)
         n_lev = ict_num_levels(batch.get("step", total_steps), total_steps, s0, s1)
         sig = karras_sigmas(
@@ -302,10 +309,7 @@ def make_consistency_distillation_loss(
     def loss_fn(
         params: PyTree, batch: Mapping[str, Array], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
-        x1 = v.require_floating(batch["x"], 'batch["x"]')
-        v.require_batched(x1, 'batch["x"]', 2)
-        n, dim = x1.shape[0], math.prod(x1.shape[1:])
-        c = 0.00054 * math.sqrt(dim) if huber_c is None else huber_c
+        x1, n, c = _data_and_huber_c(batch, huber_c)
         k_i, k_eps, k_model = jax.random.split(key, 3)
         sig = karras_sigmas(
             num_levels, num_levels, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,

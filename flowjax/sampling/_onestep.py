@@ -23,6 +23,7 @@ no ``solver`` (leave the default), no ``adaptive`` steps and no ``denoise_final`
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -65,10 +66,24 @@ class AbstractFewStepMethod(AbstractSamplingMethod):
             out = jax.eval_shape(model, xs, ts)
             _check_output(out, x, f"method={self.kind!r}: model_fn(x, t)")
 
+    @abc.abstractmethod
     def step(
         self, model: Callable[..., Array], path: AbstractPath, key: PRNGKeyArray | None, n: int
     ) -> Callable:
-        raise NotImplementedError
+        """The grid step ``f(x, carry, i, ta, tb) -> (x, carry)`` of :func:`scan_grid`."""
+
+
+def _two_time_euler(
+    model: Callable[..., Array], second: Callable[[Array, Array], Array]
+) -> Callable:
+    """``x + (tb - ta) model(x, ta, t2=second(ta, tb))``: the step of a two-time model."""
+
+    def f(x, carry, i, ta, tb):
+        del i
+        out = model(x, _bt(ta, x), t2=_bt(second(ta, tb), x)).astype(x.dtype)
+        return x + (tb - ta).astype(x.dtype) * out, carry
+
+    return f
 
 
 class MeanFlow(AbstractFewStepMethod):
@@ -78,13 +93,7 @@ class MeanFlow(AbstractFewStepMethod):
 
     def step(self, model, path, key, n):
         del path, key, n
-
-        def f(x, carry, i, ta, tb):
-            del i
-            u = model(x, _bt(ta, x), t2=_bt(tb, x)).astype(x.dtype)
-            return x + (tb - ta).astype(x.dtype) * u, carry
-
-        return f
+        return _two_time_euler(model, lambda ta, tb: tb)  # t2 = r, the interval's end
 
 
 class Shortcut(AbstractFewStepMethod):
@@ -94,14 +103,7 @@ class Shortcut(AbstractFewStepMethod):
 
     def step(self, model, path, key, n):
         del path, key, n
-
-        def f(x, carry, i, ta, tb):
-            del i
-            d = (tb - ta).astype(x.dtype)
-            s = model(x, _bt(ta, x), t2=_bt(d, x)).astype(x.dtype)
-            return x + d * s, carry
-
-        return f
+        return _two_time_euler(model, lambda ta, tb: tb - ta)  # t2 = d, the step size
 
 
 class Consistency(AbstractFewStepMethod):
