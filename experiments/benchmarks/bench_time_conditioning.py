@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -281,18 +282,11 @@ def main() -> None:
                 json.dump({"variant": names[0], "steps": steps, "rows": rows}, f, indent=1)
         return
     fl = floor()
-    results: dict[str, dict[str, Any]] = {}
-    for name in names:
-        t0 = time.perf_counter()
-        model, params, loss = train(VARIANTS[name], steps, path, args.seed)
-        t1 = time.perf_counter()
-        results[name] = {
-            "loss": loss,
-            "train_s": t1 - t0,
-            "eval": evaluate(model, params, path, args.tol),
-        }
-        results[name]["eval_s"] = time.perf_counter() - t1
-        print(json.dumps({name: results[name]}), flush=True)
+    results = _train_and_evaluate(
+        names,
+        lambda name: train(VARIANTS[name], steps, path, args.seed),
+        lambda model, params: evaluate(model, params, path, args.tol),
+    )
     print(f"\n{steps} steps, seed {args.seed}\n")
     print(table(results, fl, args.tol))
     if args.json:
@@ -302,22 +296,30 @@ def main() -> None:
             )
 
 
+def _train_and_evaluate(
+    names: list[str], train_fn: Callable[[str], tuple], eval_fn: Callable[..., dict]
+) -> dict[str, dict[str, Any]]:
+    """Train and evaluate each variant in turn; prints one JSON line per variant."""
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        model, params, loss = train_fn(name)
+        t1 = time.perf_counter()
+        results[name] = {"loss": loss, "train_s": t1 - t0, "eval": eval_fn(model, params)}
+        results[name]["eval_s"] = time.perf_counter() - t1
+        print(json.dumps({name: results[name]}), flush=True)
+    return results
+
+
 def main_unet(args) -> None:
     names = [s for s in args.variants.split(",") if s] or list(UNET_VARIANTS)
     steps = 300 if args.quick and args.steps == 3000 else args.steps
     path = fj.paths.CondOT()
-    results: dict[str, dict[str, Any]] = {}
-    for name in names:
-        t0 = time.perf_counter()
-        model, params, loss = train_unet(VARIANTS[name], steps, path, args.seed)
-        t1 = time.perf_counter()
-        results[name] = {
-            "loss": loss,
-            "train_s": t1 - t0,
-            "eval": evaluate_unet(model, params, path),
-        }
-        results[name]["eval_s"] = time.perf_counter() - t1
-        print(json.dumps({name: results[name]}), flush=True)
+    results = _train_and_evaluate(
+        names,
+        lambda name: train_unet(VARIANTS[name], steps, path, args.seed),
+        lambda model, params: evaluate_unet(model, params, path),
+    )
     print(f"\ndigits U-Net, {steps} steps, seed {args.seed}\n")
     print(unet_table(results))
     if args.json:
