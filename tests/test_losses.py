@@ -16,6 +16,7 @@ import flowjax as fj
 from flowjax import losses as L
 from flowjax import models as M
 from flowjax.oracle import GaussianMixture, eight_gaussians
+from tests.test_parameterization import _numpy_predictions
 
 PATHS = {"condot": fj.CondOT(), "vp_cosine": fj.VPCosine(), "ve": fj.VE()}
 MARGIN = 0.02
@@ -490,17 +491,6 @@ def test_mlp_learns_eight_gaussians_to_near_the_cfm_minimum():
 
 
 # ------------------------------------------------------------------ jit and non-jit variants
-
-
-def _numpy_predictions(al, be, ad, bd, x1, eps):
-    col = lambda c: c[:, None]  # noqa: E731
-    return {
-        "velocity": col(ad) * x1 + col(bd) * eps,
-        "score": -eps / col(be),
-        "eps": eps,
-        "x1": x1,
-        "v": col(al) * eps - col(be) * x1,
-    }
 
 
 class LossesUnderJit(chex.TestCase):
