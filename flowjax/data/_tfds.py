@@ -69,7 +69,8 @@ class TfdsSource:
 
     Args:
       num_threads: decoding threads per batch (default ``min(8, os.cpu_count())``; 1 = serial).
-        PNG decoding partly releases the GIL: about 2x on 2 cores (see the data benchmark).
+        PNG decoding partly releases the GIL (BENCHMARKS.md, "Input pipeline": threads=1 against
+        the default).
     """
 
     def __init__(

@@ -25,14 +25,10 @@ parameter values reuse the compiled program.
 
 Fixed-grid Euler / Euler-Maruyama runs on diffrax or a plain ``lax.scan`` loop
 (``flowjax.solvers.Euler(backend=...)``; they agree on one grid, noise included), by default the
-scan. Measured with ``experiments/benchmarks/bench_sampling.py`` (CPU, medians of alternated
-repeats, three runs on a shared machine): for the ODE the two tie within noise where the model
-dominates (diffrax/scan 0.93-1.08 at batch 64 and 10,000) and the scan was up to 2x faster at
-batch 1 with a cheap model in one run (0.93-1.1 in the others); for Euler-Maruyama the scan was
-1.0-1.6x faster (batch 1: 200 steps took 6.4-7.1x the bare model loop with diffrax, 4.2-4.5x with
-the scan). With a 4x512 MLP both backends are within 1.15 of the bare model loop (measured
-0.98-1.03) at batch 1, 64 and 10,000. Calling ``sample`` from Python adds ~0.3 ms of argument
-checking and dispatch per call; for many tiny calls, call it inside your own ``jax.jit``.
+scan. Their cost against bare model calls, per backend and batch size, with the spread over
+rounds: ``experiments/benchmarks/bench_sampling.py`` (BENCHMARKS.md, "Sampler overhead").
+Calling ``sample`` from Python adds argument checking and dispatch to each call; for many tiny
+calls, call it inside your own ``jax.jit``.
 """
 
 from flowjax.sampling._guidance import GuidedModel, guided_model
