@@ -110,20 +110,26 @@ def test_meanflow_identity_on_the_multimodal_flow_map(x64):
     assert float(jnp.sqrt(jnp.mean((u_w - want_w) ** 2))) > 1e-3
 
 
-def _consistency_error(fn, key, t_value, n=2000):
+@jax.jit
+def _call(fn, x, t):  # fn a pytree (ConsistencyModelFn): one program for every checkpoint
+    return fn(x, t)
+
+
+def _consistency_error(fn, key, t_value, n=1000):
     """RMS of f(x_t, t) - phi_{t->1}(x_t) over x_t ~ p_t (x_t = t x1 + (1 - t) eps)."""
     k1, k2 = jax.random.split(key)
     x1 = fj.oracle.eight_gaussians().sample(k1, n)
     eps = jax.random.normal(k2, x1.shape)
     t = jnp.full((n,), t_value, jnp.float32)
     xt = t[:, None] * x1 + (1 - t[:, None]) * eps
-    got = np.asarray(jax.jit(lambda fn, x, t: fn(x, t))(fn, xt, t), np.float64)
+    got = np.asarray(_call(fn, xt, t), np.float64)
     with jax.enable_x64(True):
         want = np.asarray(
             _flow_map(
                 jnp.asarray(np.asarray(xt), jnp.float64),
                 jnp.full((n,), t_value, jnp.float64),
                 jnp.ones((n,), jnp.float64),
+                steps=200,  # error < 1e-6 (the reference test), far below what is measured
             )
         )
     return float(np.sqrt(np.mean(np.sum((got - want) ** 2, axis=1))))
@@ -181,8 +187,8 @@ def test_consistency_distillation_from_the_oracle_converges_to_the_flow_map():
         ]
     for e in errs.values():
         assert e[0] > e[1] > e[2], errs
-    # measured: 1.68 / 0.56 / 0.18 at t = 0.5 and 2.49 / 0.83 / 0.35 at t = 0 (RMS, the ring's
-    # radius is 4) after 100 / 600 / 2400 steps (constant-rate run; this one decays the rate)
+    # measured: 1.66 / 0.34 / 0.23 at t = 0.5 and 2.47 / 0.73 / 0.48 at t = 0 (RMS; the ring's
+    # radius is 4) after 100 / 600 / 2400 steps
     assert errs[0.5][2] < 0.3 * errs[0.5][0], errs
 
 
