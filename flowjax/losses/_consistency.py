@@ -108,17 +108,26 @@ def consistency_levels(
 
     Lognormal (improved CT): ``P(i) ~ erf((log sigma_{i+1} - P_mean) / (sqrt(2) P_std)) -
     erf((log sigma_i - P_mean) / (sqrt(2) P_std))``; ``p_mean=None``: uniform.
+
+    Drawn by inverting the cumulative weights (one uniform and a binary search per draw): a
+    categorical draw over the ``size - 1`` pairs costs ``n x size`` Gumbel variates, which at the
+    final 1,280 levels was 76% of a training step's time for a 3 x 128 MLP at batch 256.
     """
     size = sigmas.shape[0]
     i = jnp.arange(size - 1)
     valid = i < jnp.asarray(num_levels) - 1
     if p_mean is None:
-        w = jnp.ones(size - 1)
+        w = jnp.ones(size - 1, sigmas.dtype)
     else:
         z = (jnp.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std)
         w = jax.scipy.special.erf(z[1:]) - jax.scipy.special.erf(z[:-1])
-    logits = jnp.where(valid & (w > 0), jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
-    return jax.random.categorical(key, logits, shape=(n,))
+    w = jnp.where(valid & (w > 0), w, 0.0)
+    cdf = jnp.cumsum(w)
+    u = jax.random.uniform(key, (n,), cdf.dtype) * cdf[-1]
+    # the first pair whose cumulative weight exceeds u (pairs of weight 0 are never chosen)
+    idx = jnp.searchsorted(cdf, u, side="right")
+    last = jnp.max(jnp.where(w > 0, i, 0))  # guards u rounding up to the total
+    return jnp.minimum(idx.astype(i.dtype), last)
 
 
 def _data_and_huber_c(
