@@ -215,6 +215,7 @@ def train_on_couplings(
     optimizer: optax.GradientTransformation | None = None,
     lr: float = 1e-3,
     ema_decay: float | None = None,
+    ema_warmup: bool = True,
     log_every: int = 500,
     writer: Any = None,
 ) -> tuple[PyTree, list[dict]]:
@@ -233,6 +234,10 @@ def train_on_couplings(
       labels, num_classes: class labels ``[N]`` of the pairs for a class-conditional model.
       optimizer: an optax transformation (default: cosine-decayed Adam from ``lr``).
       ema_decay: keep an EMA of the parameters and return it (``None``: the raw parameters).
+      ema_warmup: ramp the EMA decay up as ``min(decay, (1+s)/(10+s))``
+        (:func:`flowjax.training.ema_decay_at`). On by default: a warm-started average would
+        otherwise keep ``decay**num_steps`` of the starting (teacher) weights (14% at 0.999 and
+        2,000 steps).
       log_every, writer: logging (:class:`flowjax.training.MetricWriter` or ``None``).
 
     Returns:
@@ -251,7 +256,9 @@ def train_on_couplings(
             "adam", lr, schedule="cosine", total_steps=int(num_steps), end_lr=0.05 * lr
         )
     it = make_iterator(ArraySource(arrays), global_batch_size=int(batch_size), seed=int(seed))
-    step = make_train_step(loss_fn, optimizer, mesh=make_mesh(), ema_decay=ema_decay)
+    step = make_train_step(
+        loss_fn, optimizer, mesh=make_mesh(), ema_decay=ema_decay, ema_warmup=ema_warmup
+    )
     state = create_train_state(
         params, optimizer, jax.random.PRNGKey(seed), ema=ema_decay is not None
     )

@@ -12,6 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from numpy.polynomial.legendre import leggauss
 
@@ -171,3 +172,27 @@ def test_reflow_of_a_trained_flow_warm_started():
     ref = data.sample(jax.random.PRNGKey(30), 2000)
     x = fj.sample(student, PATH, jax.random.PRNGKey(31), (2000, 2), solver="heun", num_steps=50)
     assert float(energy_distance(x.samples, ref)) < 0.05
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_train_on_couplings_ema_of_a_warm_start(warmup):
+    """The returned EMA after an optimizer that jumps to fixed weights C at every step equals
+    C + (P0 - C) * prod_k d_k, with d_k = decay or min(decay, (1+k)/(10+k)) (written out here)."""
+    model = M.MLP(hidden=(8,), out_dim=2)
+    p0 = M.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 2)))
+    target = jax.tree.map(lambda a: jnp.full_like(a, 0.25), p0)
+
+    def jump(updates, state, params):
+        return jax.tree.map(lambda p, c: c - p, params, target), state
+
+    opt = optax.GradientTransformation(lambda p: optax.EmptyState(), jump)
+    pairs = np.random.default_rng(0).normal(size=(2, 64, 2)).astype(np.float32)
+    steps, decay = 30, 0.999
+    ema, _ = R.train_on_couplings(M.make_apply_fn(model), p0, pairs[0], pairs[1], PATH,
+                                  num_steps=steps, batch_size=32, optimizer=opt,
+                                  ema_decay=decay, ema_warmup=warmup)  # fmt: skip
+    k = np.arange(steps)
+    d = np.minimum(decay, (1 + k) / (10 + k)) if warmup else np.full(steps, decay)
+    keep = float(np.prod(d))
+    want = jax.tree.map(lambda a, c: c + (a - c) * keep, p0, target)
+    chex.assert_trees_all_close(ema, want, rtol=1e-5, atol=1e-6)
