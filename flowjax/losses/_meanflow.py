@@ -103,7 +103,12 @@ def make_meanflow_loss(
       time_sampler, time_sampler_options: the sampler of both times (:func:`sample_two_times`).
       equal_fraction: fraction of the batch with ``r = t``.
       adaptive_power, adaptive_eps: the weight ``1 / (error + eps)^power`` (stopped); power 0
-        is the plain mean squared error.
+        is the plain mean squared error. Power 1 (the paper's ImageNet setting, the default)
+        turns the loss into about ``log(error + eps)``, whose minimiser under the stochastic
+        conditional-velocity target is not its conditional mean: on 2-D mixtures it was far
+        worse than power 0 and got worse with more steps (8-Gaussians, 3 seeds, 1/2/4-step
+        energy distance x1e3: 19 / 41 / 58 against 3.9 / -0.5 / -1.3;
+        ``experiments/benchmarks/bench_onestep.py``). Use 0 for low-dimensional data.
       train: passed to ``apply_fn`` (dropout).
 
     ``batch["x"]``: the data ``[B, ...]``. ``aux``: ``mse`` (unweighted), ``t_mean``,
