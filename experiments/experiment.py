@@ -313,12 +313,7 @@ def _objective_loss(
             **common,
         )  # fmt: skip
     oracle = train_ds.oracle
-    if oracle is None:
-        raise ConfigError(
-            f"config key 'loss.objective' is 'cd_oracle' (distillation from the exact oracle "
-            f"velocity) but data set {cfg.data.name!r} has no oracle; use a data set with one "
-            "(eight_gaussians) or objective 'consistency'"
-        )
+    assert oracle is not None  # _check_objective
     return L.make_consistency_distillation_loss(
         apply,
         path,
@@ -330,8 +325,42 @@ def _objective_loss(
     )
 
 
-def _check_objective(cfg: ml_collections.ConfigDict, num_classes: int | None) -> None:
+def _check_objective(
+    cfg: ml_collections.ConfigDict, num_classes: int | None, train_ds: D.Dataset
+) -> None:
+    oracle_solvers = cfg.eval.nfe_sweep.oracle_solvers
+    if oracle_solvers and (train_ds.oracle is None or num_classes is not None):
+        raise ConfigError(
+            f"config key 'eval.nfe_sweep.oracle_solvers' is {tuple(oracle_solvers)!r} but data set "
+            f"{cfg.data.name!r} has no oracle velocity (unconditional toy mixtures such as "
+            "eight_gaussians have one); set it to ()"
+        )
     obj = cfg.loss.objective
+    own = ONESTEP_METHOD.get(obj)
+    for name, entry in cfg.sampling.samplers.items():
+        method = samplers.full_entry(entry)["method"]
+        if method in ONESTEP_METHOD.values() and method != own:
+            raise ConfigError(
+                f"config key 'sampling.samplers.{name}.method' is {method!r}, which needs a model "
+                f"trained with loss.objective {method!r}; loss.objective is {obj!r}"
+                + (f" (its method: {own!r})" if own else "")
+            )
+        if obj in _CONSISTENCY_OBJECTIVES and method != "consistency":
+            raise ConfigError(
+                f"config key 'sampling.samplers.{name}.method' is {method!r}, but a consistency "
+                f"model (loss.objective {obj!r}) has no velocity field; use method 'consistency'"
+            )
+    if cfg.eval.nll.enabled and obj in _CONSISTENCY_OBJECTIVES:
+        raise ConfigError(
+            f"config key 'eval.nll.enabled' is True but a consistency model (loss.objective "
+            f"{obj!r}) has no velocity field to integrate; set it to False"
+        )
+    if obj == "cd_oracle" and train_ds.oracle is None:
+        raise ConfigError(
+            f"config key 'loss.objective' is 'cd_oracle' (distillation from the exact oracle "
+            f"velocity) but data set {cfg.data.name!r} has no oracle; use a data set with one "
+            "(eight_gaussians) or objective 'consistency'"
+        )
     if obj != "fm" and num_classes is not None:
         raise ConfigError(
             f"config key 'loss.objective' is {obj!r}, an unconditional objective; set "
@@ -391,22 +420,9 @@ def _samplers(
     (so a bad name or an impossible combination fails now rather than after training)."""
     probe, key = _Probe(), jax.random.PRNGKey(0)
     parsed, entries = {}, {}
-    obj = cfg.loss.objective
     for name, raw in cfg.sampling.samplers.items():
         entry = samplers.full_entry(raw)
         kw = samplers.settings(name, entry, cfg.loss.prediction)
-        method, own = kw["method"], ONESTEP_METHOD.get(obj)
-        if method in ONESTEP_METHOD.values() and method != own:
-            raise ConfigError(
-                f"config key 'sampling.samplers.{name}.method' is {method!r}, which needs a model "
-                f"trained with loss.objective {method!r}; loss.objective is {obj!r}"
-                + (f" (its method: {own!r})" if own else "")
-            )
-        if obj in _CONSISTENCY_OBJECTIVES and method != "consistency":
-            raise ConfigError(
-                f"config key 'sampling.samplers.{name}.method' is {method!r}, but a consistency "
-                f"model (loss.objective {obj!r}) has no velocity field; use method 'consistency'"
-            )
         w = entry["guidance_scale"]
         if w is not None and num_classes is None:
             raise ConfigError(
@@ -453,18 +469,6 @@ def _check_evaluation(
     train_ds: D.Dataset,
     lk: dict[str, Any],
 ) -> None:
-    oracle_solvers = cfg.eval.nfe_sweep.oracle_solvers
-    if oracle_solvers and (train_ds.oracle is None or num_classes is not None):
-        raise ConfigError(
-            f"config key 'eval.nfe_sweep.oracle_solvers' is {tuple(oracle_solvers)!r} but data set "
-            f"{cfg.data.name!r} has no oracle velocity (unconditional toy mixtures such as "
-            "eight_gaussians have one); set it to ()"
-        )
-    if cfg.eval.nll.enabled and cfg.loss.objective in _CONSISTENCY_OBJECTIVES:
-        raise ConfigError(
-            f"config key 'eval.nll.enabled' is True but a consistency model (loss.objective "
-            f"{cfg.loss.objective!r}) has no velocity field to integrate; set it to False"
-        )
     if cfg.eval.nll.enabled:
         cond = {"cond": jnp.zeros((2,), jnp.int32)} if num_classes is not None else {}
         x, key = jnp.zeros((2, *shape)), jax.random.PRNGKey(0)
@@ -491,7 +495,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
             f"train and eval splits differ in shape: {train_ds.shape}, {eval_ds.shape}"
         )
     num_classes = _num_classes(cfg, train_ds)
-    _check_objective(cfg, num_classes)
+    _check_objective(cfg, num_classes, train_ds)
     path = _path(cfg)
     try:
         model = make_model(cfg, num_classes)
