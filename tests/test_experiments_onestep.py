@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import experiment, schema
+from experiments import evaluate, experiment, schema
 from experiments.configs import digits, toy_onestep
 from experiments.model import make_model
 
@@ -147,52 +147,74 @@ def test_samplers_and_nll_must_fit_the_objective(tmp_path):
         experiment.setup(cfg, tmp_path)
 
 
-def _tiny_overrides(workdir: Path) -> list[str]:
-    return [
-        f"--workdir={workdir}",
-        "--config.training.num_steps=30",
-        "--config.training.batch_size=64",
-        "--config.training.log_every=30",
-        "--config.training.checkpoint_every=30",
-        "--config.training.tensorboard=False",
-        "--config.model.mlp.hidden=(16,16)",
-        "--config.sampling.num_samples=128",
-        "--config.sampling.batch_size=128",
-        "--config.eval.num_eval=128",
-        "--config.eval.floor_repeats=2",
-        "--config.eval.num_projections=16",
-        "--config.eval.nfe_sweep.num_samples=128",
-        "--config.eval.nfe_sweep.oracle_solvers=('euler',)",
-        "--config.eval.nfe_sweep.num_steps=(1,2)",
-        "--config.figures.enabled=False",
-    ]
+#: a tiny toy_onestep run (a few seconds of CPU): key -> value, as command-line overrides too
+TINY = {
+    "data.num_train": 1024,
+    "data.num_eval": 256,
+    "training.num_steps": 30,
+    "training.batch_size": 64,
+    "training.log_every": 30,
+    "training.checkpoint_every": 30,
+    "training.tensorboard": False,
+    "model.mlp.hidden": (16, 16),
+    "sampling.num_samples": 128,
+    "sampling.batch_size": 128,
+    "eval.num_eval": 128,
+    "eval.floor_repeats": 2,
+    "eval.num_projections": 16,
+    "eval.nfe_sweep.num_samples": 128,
+    "eval.nfe_sweep.oracle_solvers": ("euler",),
+    "eval.nfe_sweep.num_steps": (1, 2),
+    "figures.enabled": False,
+}
+
+
+def _tiny(objective: str):
+    cfg = toy_onestep.get_config(f"{objective},local")
+    for key, value in TINY.items():
+        *sections, name = key.split(".")
+        sec = cfg
+        for s in sections:
+            sec = sec[s]
+        sec[name] = value
+    return cfg
+
+
+def _check_eval(result: dict, objective: str) -> None:
+    method = toy_onestep.METHOD[objective]
+    got = result["samplers"]
+    assert set(got) == {f"{method}_{n}" for n in (1, 2, 4)}, objective
+    for n in (1, 2, 4):
+        entry = got[f"{method}_{n}"]
+        assert entry["nfe"] == n and entry["nfe_max"] == n, (objective, entry["nfe"])
+        assert {"energy", "sliced_w2", "mmd"} <= set(entry["quality"]), objective
+        assert math.isfinite(entry["quality"]["energy"]["value"]), objective
+    ref = result["nfe_sweep"]["reference_curves"]["oracle_euler"]
+    assert [r["nfe"] for r in ref] == [1, 2], objective
+    # the exact velocity with 2 Euler steps is closer to the data than with 1
+    assert ref[1]["energy"] < ref[0]["energy"], ref
+    assert result["config"]["loss"]["objective"] == objective
 
 
 @pytest.mark.slow
 def test_each_objective_trains_and_reports_its_one_two_and_four_step_samplers(tmp_path):
-    procs = {}
-    for obj in ("meanflow", "shortcut", "consistency", "cd_oracle"):
-        cmd = [
-            sys.executable,
-            "-m",
-            "experiments.main",
-            f"--config=experiments/configs/toy_onestep.py:{obj},local",
-            *_tiny_overrides(tmp_path / obj),
-        ]
-        procs[obj] = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    for obj, proc in procs.items():
-        assert proc.returncode == 0, (obj, proc.stderr[-3000:])
-        result = json.loads((tmp_path / obj / "eval.json").read_text())
-        method = toy_onestep.METHOD[obj]
-        got = result["samplers"]
-        assert set(got) == {f"{method}_{n}" for n in (1, 2, 4)}, obj
-        for n in (1, 2, 4):
-            entry = got[f"{method}_{n}"]
-            assert entry["nfe"] == n and entry["nfe_max"] == n, (obj, entry["nfe"])
-            assert {"energy", "sliced_w2", "mmd"} <= set(entry["quality"]), obj
-            assert math.isfinite(entry["quality"]["energy"]["value"]), obj
-        ref = result["nfe_sweep"]["reference_curves"]["oracle_euler"]
-        assert [r["nfe"] for r in ref] == [1, 2], obj
-        # the exact velocity with 2 Euler steps is closer to the data than with 1
-        assert ref[1]["energy"] < ref[0]["energy"], ref
-        assert result["config"]["loss"]["objective"] == obj
+    # the default objective (meanflow) through the command line
+    overrides = [f"--config.{k}={v!r}".replace(" ", "") for k, v in TINY.items()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config=experiments/configs/toy_onestep.py:local",
+        f"--workdir={tmp_path / 'meanflow'}",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_eval(json.loads((tmp_path / "meanflow" / "eval.json").read_text()), "meanflow")
+    # the others in this process (the same jobs as --mode=all)
+    for obj in ("shortcut", "consistency", "cd_oracle"):
+        result = evaluate.train_and_evaluate(_tiny(obj), tmp_path / obj)
+        _check_eval(result, obj)
+        assert json.loads((tmp_path / obj / "eval.json").read_text())["samplers"].keys() == (
+            result["samplers"].keys()
+        )
