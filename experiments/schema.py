@@ -148,7 +148,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def _objective_problems(given: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
     """Options of an objective other than ``loss.objective`` that differ from their defaults (they
     would be silently ignored), and flow-matching loss keys a few-step objective does not read."""
-    objective = given["loss.objective"]
+    objective = given.get("loss.objective", "fm")
     mine = OBJECTIVE_SECTIONS[objective]
     problems = []
     for sec in {s for s in OBJECTIVE_SECTIONS.values() if s is not None and s != mine}:
@@ -161,7 +161,7 @@ def _objective_problems(given: Mapping[str, Any], schema: Mapping[str, Any]) -> 
     if objective != "fm":
         for name in _FM_LOSS_KEYS:
             key = f"loss.{name}"
-            if given[key] != schema[key]:
+            if given.get(key, schema[key]) != schema[key]:
                 problems.append(
                     f"config key {key!r} is {given[key]!r} but loss.objective {objective!r} does "
                     f"not read it (it applies to objective 'fm'; leave the default "
