@@ -35,10 +35,14 @@ from flowjax import training as T
 from flowjax.paths import AbstractPath, get_path
 
 __all__ = [
+    "ONESTEP_METHOD",
+    "SECOND_TIME",
     "Experiment",
+    "InstantVelocity",
     "Restored",
     "example_inputs",
     "keys",
+    "oracle_sampler",
     "reference",
     "restore",
     "setup",
@@ -46,6 +50,31 @@ __all__ = [
 
 #: Keys of ``eval.nll`` that belong to the evaluator; the others are ``log_likelihood`` arguments.
 NLL_EVALUATOR_KEYS = ("enabled", "num_examples", "batch_size", "num_dequantizations")
+
+#: The sampling method of each few-step objective (``loss.objective``) and the second time input
+#: its model needs (``second_time`` of the MLP / U-Net).
+ONESTEP_METHOD = {
+    "meanflow": "meanflow",
+    "shortcut": "shortcut",
+    "consistency": "consistency",
+    "cd_oracle": "consistency",
+}
+SECOND_TIME = {"meanflow": "r", "shortcut": "d"}
+_CONSISTENCY_OBJECTIVES = ("consistency", "cd_oracle")
+
+
+class InstantVelocity(eqx.Module):
+    """The velocity field of a two-time model: MeanFlow's ``u(x, t, r = t)`` (the average velocity
+    over an empty interval) or the shortcut model's ``s(x, t, d = 0)``; a ``model_fn(x, t, ...)``
+    for the ODE/SDE samplers, the likelihood and the field figures."""
+
+    model_fn: Any
+    second_time: str = eqx.field(static=True)
+
+    def __call__(self, x, t, *args, **kwargs):
+        tb = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+        t2 = tb if self.second_time == "r" else jnp.zeros_like(tb)
+        return self.model_fn(x, t, *args, t2=t2, **kwargs)
 
 
 @dataclasses.dataclass
@@ -74,6 +103,34 @@ class Experiment:
     @property
     def low_dim(self) -> bool:
         return not self.train_ds.is_image
+
+    @property
+    def objective(self) -> str:
+        return self.config.loss.objective
+
+    @property
+    def has_velocity(self) -> bool:
+        """Whether the model gives a velocity field (a consistency model does not)."""
+        return self.objective not in _CONSISTENCY_OBJECTIVES
+
+    def velocity_model(self, fn: Any) -> Any:
+        """The velocity ``model_fn(x, t, ...)`` of the model function ``fn`` (two-time models:
+        :class:`InstantVelocity`)."""
+        second = SECOND_TIME.get(self.objective)
+        return fn if second is None else InstantVelocity(fn, second)
+
+    def sampler_model(self, fn: Any, method: str) -> Any:
+        """What ``sample(method=...)`` calls: a few-step method its model (consistency models
+        wrapped by :class:`flowjax.losses.ConsistencyModelFn`, the parameterisation they were
+        trained with), the other methods the velocity."""
+        if method == "consistency":
+            cc = self.config.loss.consistency
+            return L.ConsistencyModelFn(
+                fn, self.path, sigma_data=float(cc.sigma_data), sigma_min=float(cc.sigma_min)
+            )
+        if method in ONESTEP_METHOD.values():
+            return fn
+        return self.velocity_model(fn)
 
     def file(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
@@ -128,9 +185,10 @@ def _datasets(cfg: ml_collections.ConfigDict) -> tuple[D.Dataset, D.Dataset]:
 
 
 class _Probe(eqx.Module):
-    """A stand-in model (``-x``) for tracing samplers and likelihoods without running them."""
+    """A stand-in model (``-x``) for tracing samplers and likelihoods without running them (it
+    takes the second time of two-time models too)."""
 
-    def __call__(self, x, t, label=None):
+    def __call__(self, x, t, label=None, t2=None):
         return -x
 
 
@@ -207,18 +265,144 @@ def _path(cfg: ml_collections.ConfigDict) -> AbstractPath:
         raise ConfigError(f"config key 'path.name': {err}") from err
 
 
-def _loss_and_optimizer(
-    cfg: ml_collections.ConfigDict, model: Any, path: AbstractPath, num_classes: int | None
-) -> tuple[L.LossFn, Any]:
-    """``make_loss(**config.loss)`` and ``make_optimizer(**config.optim)``."""
-    try:
-        loss_fn = L.make_loss(
-            M.make_apply_fn(model),
-            path,
-            **section(cfg.loss, drop=("coupling",)),
-            coupling=cfg.loss.coupling or None,
-            num_classes=num_classes,
+def _resolve_second_time(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of the config whose network has the second time input ``loss.objective`` needs."""
+    net = cfg.model.name
+    key = f"model.{net}.second_time"
+    if net not in ("mlp", "unet"):
+        return cfg
+    need = SECOND_TIME.get(cfg.loss.objective)
+    given = cfg.model[net].second_time
+    if given is not None and given != need:
+        want = f"{need!r}" if need else "None (one time input)"
+        raise ConfigError(
+            f"config key {key!r} is {given!r} but loss.objective {cfg.loss.objective!r} needs "
+            f"{want}; leave it unset (None): it is set from the objective"
         )
+    if given == need:
+        return cfg
+    out = cfg.copy_and_resolve_references()
+    out.model[net].second_time = need
+    return out
+
+
+def _objective_loss(
+    cfg: ml_collections.ConfigDict, apply_fn: Any, path: AbstractPath, train_ds: D.Dataset
+) -> L.LossFn:
+    """The loss of a few-step objective (``loss.objective`` other than ``fm``)."""
+    obj = cfg.loss.objective
+    if obj == "meanflow":
+        return L.make_meanflow_loss(apply_fn, path, **section(cfg.loss.meanflow))
+    if obj == "shortcut":
+        return L.make_shortcut_loss(apply_fn, path, **section(cfg.loss.shortcut))
+    cc = cfg.loss.consistency
+    if not cc.sigma_min < cc.sigma_max:
+        raise ConfigError(
+            "config keys 'loss.consistency.sigma_min' < 'loss.consistency.sigma_max' required; got "
+            f"{cc.sigma_min}, {cc.sigma_max}"
+        )
+    apply = L.consistency_apply_fn(
+        apply_fn, path, sigma_data=float(cc.sigma_data), sigma_min=float(cc.sigma_min)
+    )
+    common = {"sigma_min": cc.sigma_min, "sigma_max": cc.sigma_max, "rho": cc.rho}
+    common["huber_c"] = cc.huber_c
+    if obj == "consistency":
+        # no step reaches the loss: a fixed discretisation of s1 + 1 levels (s0 = s1)
+        return L.make_consistency_training_loss(
+            apply, path, total_steps=1, s0=cc.s1, s1=cc.s1, p_mean=cc.p_mean, p_std=cc.p_std,
+            **common,
+        )  # fmt: skip
+    oracle = train_ds.oracle
+    assert oracle is not None  # _check_objective
+    return L.make_consistency_distillation_loss(
+        apply,
+        path,
+        oracle.model_fn(path),
+        num_levels=cc.num_levels,
+        teacher_solver=cc.teacher_solver,
+        weighting=cc.weighting,
+        **common,
+    )
+
+
+def _check_objective(
+    cfg: ml_collections.ConfigDict, num_classes: int | None, train_ds: D.Dataset
+) -> None:
+    oracle_solvers = cfg.eval.nfe_sweep.oracle_solvers
+    if oracle_solvers and (train_ds.oracle is None or num_classes is not None):
+        raise ConfigError(
+            f"config key 'eval.nfe_sweep.oracle_solvers' is {tuple(oracle_solvers)!r} but data set "
+            f"{cfg.data.name!r} has no oracle velocity (unconditional toy mixtures such as "
+            "eight_gaussians have one); set it to ()"
+        )
+    obj = cfg.loss.objective
+    own = ONESTEP_METHOD.get(obj)
+    for name, entry in cfg.sampling.samplers.items():
+        method = samplers.full_entry(entry)["method"]
+        if method in ONESTEP_METHOD.values() and method != own:
+            raise ConfigError(
+                f"config key 'sampling.samplers.{name}.method' is {method!r}, which needs a model "
+                f"trained with loss.objective {method!r}; loss.objective is {obj!r}"
+                + (f" (its method: {own!r})" if own else "")
+            )
+        if obj in _CONSISTENCY_OBJECTIVES and method != "consistency":
+            raise ConfigError(
+                f"config key 'sampling.samplers.{name}.method' is {method!r}, but a consistency "
+                f"model (loss.objective {obj!r}) has no velocity field; use method 'consistency'"
+            )
+    if cfg.eval.nll.enabled and obj in _CONSISTENCY_OBJECTIVES:
+        raise ConfigError(
+            f"config key 'eval.nll.enabled' is True but a consistency model (loss.objective "
+            f"{obj!r}) has no velocity field to integrate; set it to False"
+        )
+    if obj == "cd_oracle" and train_ds.oracle is None:
+        raise ConfigError(
+            f"config key 'loss.objective' is 'cd_oracle' (distillation from the exact oracle "
+            f"velocity) but data set {cfg.data.name!r} has no oracle; use a data set with one "
+            "(eight_gaussians) or objective 'consistency'"
+        )
+    if obj != "fm" and num_classes is not None:
+        raise ConfigError(
+            f"config key 'loss.objective' is {obj!r}, an unconditional objective; set "
+            "model.num_classes = 0"
+        )
+
+
+def _check_loss_traces(exp_model: Any, loss_fn: L.LossFn, shape: tuple[int, ...]) -> None:
+    """Trace a few-step loss abstractly (model init and one loss evaluation, no FLOPs): a model
+    without the second time input, or a bad option, fails now rather than at the first step."""
+    key = jax.random.PRNGKey(0)
+    x = jnp.zeros((2, *shape), jnp.float32)
+
+    def trace():
+        params = M.init(exp_model, key, x[:1])
+        return loss_fn(params, {"x": x}, key)[0]
+
+    _check_traces("loss", trace)
+
+
+def _loss_and_optimizer(
+    cfg: ml_collections.ConfigDict,
+    model: Any,
+    path: AbstractPath,
+    num_classes: int | None,
+    train_ds: D.Dataset,
+) -> tuple[L.LossFn, Any]:
+    """The loss of ``loss.objective`` (``fm``: ``make_loss(**config.loss)``) and
+    ``make_optimizer(**config.optim)``."""
+    try:
+        if cfg.loss.objective == "fm":
+            fm_keys = ("coupling", "objective", "meanflow", "shortcut", "consistency")
+            loss_fn = L.make_loss(
+                M.make_apply_fn(model),
+                path,
+                **section(cfg.loss, drop=fm_keys),
+                coupling=cfg.loss.coupling or None,
+                num_classes=num_classes,
+            )
+        else:
+            loss_fn = _objective_loss(cfg, M.make_apply_fn(model), path, train_ds)
+            _check_loss_traces(model, loss_fn, tuple(train_ds.shape))
         total = max(cfg.training.num_steps, cfg.optim.warmup_steps + 1)
         optimizer = T.make_optimizer(**section(cfg.optim), total_steps=total)
     except ValueError as err:
@@ -260,7 +444,21 @@ def _samplers(
                 f"config key 'eval.nfe_sweep.samplers' names {name!r}, which is not a sampler; "
                 f"samplers: {', '.join(parsed) or 'none'}"
             )
+    for solver in cfg.eval.nfe_sweep.oracle_solvers:
+        kw = oracle_sampler(solver, 4)
+        _check_traces(
+            f"eval.nfe_sweep.oracle_solvers ({solver!r})",
+            lambda kw=kw: (
+                S.sample(probe, path, key, (2, *shape), **samplers.sample_options(kw)).samples
+            ),
+        )
     return parsed, entries
+
+
+def oracle_sampler(solver: str, num_steps: int) -> dict[str, Any]:
+    """The parsed settings of an ODE sampler of the oracle velocity (the NFE sweep's reference)."""
+    entry = samplers.full_entry({"solver": solver, "num_steps": num_steps})
+    return samplers.settings(f"oracle_{solver}", entry, "velocity")
 
 
 def _check_evaluation(
@@ -288,7 +486,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
     """Check the config and build the experiment; raises before any training or file is written
     (except a probe of the workdir)."""
     check_config(config)
-    cfg = config
+    cfg = _resolve_second_time(config)
     _check_steps(cfg)
     workdir = _prepare_workdir(workdir)
     train_ds, eval_ds = _datasets(cfg)
@@ -297,12 +495,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
             f"train and eval splits differ in shape: {train_ds.shape}, {eval_ds.shape}"
         )
     num_classes = _num_classes(cfg, train_ds)
+    _check_objective(cfg, num_classes, train_ds)
     path = _path(cfg)
     try:
         model = make_model(cfg, num_classes)
     except ValueError as err:
         raise ConfigError(f"config section 'model': {err}") from err
-    loss_fn, optimizer = _loss_and_optimizer(cfg, model, path, num_classes)
+    loss_fn, optimizer = _loss_and_optimizer(cfg, model, path, num_classes, train_ds)
     mesh = parallel.make_mesh()
     _check_training(cfg, train_ds)
     shape = tuple(train_ds.shape)

@@ -118,12 +118,25 @@ def _batch_sharding(batch: int) -> Any:
 
 
 def draw(
-    exp: Experiment, fn: Any, kw: Mapping[str, Any], num: int, batch: int, key: Any
+    exp: Experiment,
+    fn: Any,
+    kw: Mapping[str, Any],
+    num: int,
+    batch: int,
+    key: Any,
+    *,
+    as_is: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, list[int], float]:
     """``num`` samples in chunks of ``batch`` (all chunks full-size: one compilation).
 
+    ``fn`` is the model function; what the sampler calls is ``exp.sampler_model(fn, method)``
+    (a few-step model, a consistency model in its parameterisation, or a velocity), or ``fn``
+    itself with ``as_is`` (e.g. the oracle velocity).
+
     Returns the samples, their labels, each chunk's NFE and the wall time (with compilation).
     """
+    if not as_is:
+        fn = exp.sampler_model(fn, kw["method"])
     batch = min(batch, num)
     sharding = _batch_sharding(batch)
     chunks, all_labels, nfes = [], [], []

@@ -18,9 +18,40 @@ from typing import Any, TypeVar
 import ml_collections
 
 from experiments.configs import default as default_config
+from flowjax.losses import TIME_SAMPLERS
 from flowjax.training import OPTIMIZERS
 
-__all__ = ["ConfigError", "build", "check_config", "choice", "flat_keys", "section"]
+__all__ = [
+    "OBJECTIVES",
+    "OBJECTIVE_SECTIONS",
+    "ConfigError",
+    "build",
+    "check_config",
+    "choice",
+    "flat_keys",
+    "section",
+]
+
+#: ``loss.objective`` values, with the config section of each objective's own options.
+OBJECTIVE_SECTIONS = {
+    "fm": None,
+    "meanflow": "loss.meanflow",
+    "shortcut": "loss.shortcut",
+    "consistency": "loss.consistency",
+    "cd_oracle": "loss.consistency",
+}
+OBJECTIVES = tuple(OBJECTIVE_SECTIONS)
+#: ``loss`` keys of flow matching (``make_loss``), which the few-step objectives do not read.
+_FM_LOSS_KEYS = (
+    "prediction",
+    "weighting",
+    "time_sampler",
+    "t_margin",
+    "label_dropout",
+    "coupling",
+    "reduction",
+    "min_snr_gamma",
+)
 
 # Sections of the schema whose keys are free: path keyword arguments, named samplers.
 _OPEN_SECTIONS = ("path.options", "sampling.samplers")
@@ -108,8 +139,41 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 problems.append(p)
     if not problems:
         problems = _value_problems(given)
+    if not problems:
+        problems = _objective_problems(given, schema)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _objective_problems(given: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    """Options of an objective other than ``loss.objective`` that differ from their defaults (they
+    would be silently ignored), and flow-matching loss keys a few-step objective does not read."""
+    objective = given.get("loss.objective", "fm")
+    mine = OBJECTIVE_SECTIONS[objective]
+    problems = []
+    for sec in {s for s in OBJECTIVE_SECTIONS.values() if s is not None and s != mine}:
+        for key in sorted(k for k in given if k.startswith(sec + ".")):
+            if given[key] != schema[key]:
+                problems.append(
+                    f"config key {key!r} is set ({given[key]!r}) but loss.objective is "
+                    f"{objective!r}, which does not read it"
+                )
+    if objective != "fm":
+        for name in _FM_LOSS_KEYS:
+            key = f"loss.{name}"
+            if given.get(key, schema[key]) != schema[key]:
+                problems.append(
+                    f"config key {key!r} is {given[key]!r} but loss.objective {objective!r} does "
+                    f"not read it (it applies to objective 'fm'; leave the default "
+                    f"{schema[key]!r}{_fm_hint(name, mine)})"
+                )
+    return problems
+
+
+def _fm_hint(name: str, sec: str | None) -> str:
+    if name == "time_sampler" and sec in ("loss.meanflow", "loss.shortcut"):
+        return f"; the objective's own is {sec}.time_sampler"
+    return ""
 
 
 # Values a key's type admits but the run cannot use (keys whose range the library does not check
@@ -121,6 +185,29 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.lr": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "training.num_steps": (lambda v: v >= 0, ">= 0"),
     "sampling.num_samples": (lambda v: v >= 1, ">= 1"),
+    "model.mlp.second_time": (lambda v: v in (None, "r", "d"), "None, 'r' or 'd'"),
+    "model.unet.second_time": (lambda v: v in (None, "r", "d"), "None, 'r' or 'd'"),
+    "loss.objective": (lambda v: v in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
+    "loss.meanflow.time_sampler": (lambda v: v in TIME_SAMPLERS, f"one of {TIME_SAMPLERS}"),
+    "loss.meanflow.equal_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "loss.meanflow.adaptive_power": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "loss.meanflow.adaptive_eps": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "loss.shortcut.max_steps": (
+        lambda v: v >= 2 and not v & (v - 1),
+        "a power of two >= 2",
+    ),
+    "loss.shortcut.bootstrap_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "loss.shortcut.time_sampler": (lambda v: v in TIME_SAMPLERS, f"one of {TIME_SAMPLERS}"),
+    "loss.consistency.sigma_data": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "loss.consistency.sigma_min": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "loss.consistency.sigma_max": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "loss.consistency.rho": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "loss.consistency.huber_c": (lambda v: v is None or v >= 0, "None or a number >= 0"),
+    "loss.consistency.s1": (lambda v: v >= 1, "an integer >= 1"),
+    "loss.consistency.p_std": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "loss.consistency.num_levels": (lambda v: v >= 2, "an integer >= 2"),
+    "loss.consistency.teacher_solver": (lambda v: v in ("euler", "heun"), "'euler' or 'heun'"),
+    "loss.consistency.weighting": (lambda v: v in ("ict", "uniform"), "'ict' or 'uniform'"),
 }
 
 

@@ -127,6 +127,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "time_embed_dim": 64,
             "sinusoidal_scale": 1.0,  # DDPM's 1000 made the field oscillate in t (6.5x the NFE)
             "fourier_scale": 1.0,  # std of the (initial) Fourier frequencies
+            # a second time input: None (set from loss.objective: "r" for meanflow, "d" for
+            # shortcut, none otherwise), "r" or "d"; a value contradicting the objective fails
+            "second_time": config_dict.placeholder(str),
         }
     )
     model.unet = ml_collections.ConfigDict(
@@ -144,6 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "time_embedding": "sinusoidal",  # none | sinusoidal | fourier | learned
             "sinusoidal_scale": 1.0,
             "fourier_scale": 1.0,
+            "second_time": config_dict.placeholder(str),  # see model.mlp.second_time
         }
     )
 
@@ -161,6 +165,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     loss.coupling = ""  # "" (independent) | ot | sinkhorn
     loss.reduction = "mean"
     loss.min_snr_gamma = 5.0
+    # The training objective (issue 16): fm (flow matching: make_loss with the keys above), or a
+    # few-step objective with its own section below: meanflow (make_meanflow_loss), shortcut
+    # (make_shortcut_loss), consistency (improved consistency training) or cd_oracle (consistency
+    # distillation from the exact oracle velocity of a toy data set that has one). The few-step
+    # objectives use an unconditional velocity-named model; MeanFlow and shortcut models get their
+    # second time input (model.<net>.second_time "r" / "d") automatically.
+    loss.objective = "fm"  # fm | meanflow | shortcut | consistency | cd_oracle
+    loss.meanflow = ml_collections.ConfigDict(
+        {
+            "time_sampler": "logit_normal",  # of both times (flowjax.losses.sample_two_times)
+            "equal_fraction": 0.75,  # fraction of the batch with r = t (plain flow matching)
+            "adaptive_power": 1.0,  # weight 1 / (error + eps)^power; 0: plain squared error
+            "adaptive_eps": 1e-3,
+        }
+    )
+    loss.shortcut = ml_collections.ConfigDict(
+        {
+            "max_steps": 128,  # a power of two: the smallest step size is 1 / max_steps
+            "bootstrap_fraction": 0.25,  # fraction of the batch trained on self-consistency
+            "time_sampler": "uniform",  # the flow-matching part's times
+        }
+    )
+    # consistency (CT) and cd_oracle (CD): the consistency_output parameterisation (sigma_data,
+    # sigma_min), the noise levels (sigma_max, rho) and the pseudo-Huber c (None: 0.00054 sqrt(D))
+    loss.consistency = ml_collections.ConfigDict(
+        {
+            "sigma_data": 0.5,
+            "sigma_min": 0.002,
+            "sigma_max": 80.0,
+            "rho": 7.0,
+            "huber_c": config_dict.placeholder(float),
+            # CT only: s1 + 1 levels (iCT's final discretisation; the training loop passes no
+            # step to the loss, so there is no doubling curriculum: a fixed s1) drawn lognormally
+            "s1": 1280,
+            "p_mean": -1.1,
+            "p_std": 2.0,
+            # CD only: levels, the teacher's solver between adjacent levels, the weighting
+            "num_levels": 18,
+            "teacher_solver": "heun",  # euler | heun
+            "weighting": "ict",  # ict | uniform
+        }
+    )
 
     # ------------------------------------------------------------------ optimizer and training
     config.optim = optim = ml_collections.ConfigDict()
@@ -230,6 +276,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "num_steps": (4, 8, 16, 32, 64),  # fixed-step samplers
             "tolerances": (1e-2, 1e-3),  # adaptive samplers (rtol = atol)
             "num_samples": 2000,
+            # toy data with an oracle: the same sweep of the exact oracle velocity with these ODE
+            # solvers (the best any flow-matching teacher reaches), drawn as reference curves
+            "oracle_solvers": (),  # e.g. ("euler", "heun", "dpmpp_2m")
         }
     )
     # Images: Frechet distance in the features of a small classifier trained here on the same

@@ -3,7 +3,10 @@
 Low-dimensional (2-D) data: samples over data, ODE and SDE trajectories from the same noise,
 velocity and score fields (with the exact ones where the oracle knows them), the model's
 log-density on a grid; images: sample grids, held-out data, snapshots along the solve; both: the
-NFE-quality curves of the sweep. Each PNG has a JSON sidecar of the settings that made it.
+NFE-quality curves of the sweep (with the oracle velocity's reference curves and the few-step
+samplers' points when the run has them). Few-step models: the velocity figures use the
+instantaneous velocity of a two-time model (``Experiment.velocity_model``) and are left out for
+consistency models, which have none. Each PNG has a JSON sidecar of the settings that made it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from experiments import io, samplers
 from experiments.evaluators.nll import exact_log_prob_fn
-from experiments.experiment import Experiment, Restored, keys, reference
+from experiments.experiment import ONESTEP_METHOD, Experiment, Restored, keys, reference
 from experiments.figures import plots as F
 from flowjax import convert
 from flowjax import likelihood as LL
@@ -27,7 +30,7 @@ from flowjax import sampling as S
 if TYPE_CHECKING:
     from experiments.sample import SampleSet
 
-__all__ = ["all_figures", "sample_figure"]
+__all__ = ["all_figures", "few_step_records", "sample_figure"]
 
 
 def _fig_settings(exp: Experiment, restored: Restored, **extra: Any) -> dict[str, Any]:
@@ -87,6 +90,23 @@ def _first(exp: Experiment, method: str) -> str | None:
     return (fixed or names or [None])[0]
 
 
+def few_step_records(
+    exp: Experiment, result: Mapping[str, Any], metric: str
+) -> dict[str, list[dict[str, Any]]]:
+    """``{method: [{"sampler", "nfe", metric}]}`` of the few-step samplers (MeanFlow, shortcut,
+    consistency) in ``result["samplers"]``, with the evaluated ``metric``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in result.get("samplers", {}).items():
+        method = exp.samplers[name]["method"]
+        if method not in ONESTEP_METHOD.values():
+            continue
+        q = entry.get("quality", {}).get(metric)
+        value = q["value"] if q is not None else entry.get(metric)
+        if value is not None:
+            out.setdefault(method, []).append({"sampler": name, "nfe": entry["nfe"], metric: value})
+    return out
+
+
 def _trajectories(exp: Experiment, fn: Any, key: Any, num: int, num_times: int) -> dict[str, Any]:
     """ODE and SDE trajectories from the same standard-normal draw (scaled to each start time)."""
     names = [n for n in (_first(exp, "ode"), _first(exp, "sde")) if n is not None]
@@ -141,9 +161,10 @@ def all_figures(
         if p is not None:
             paths.append(p)
 
-    if "nfe_sweep" in result and result["nfe_sweep"]["curves"]:
-        sw = result["nfe_sweep"]
+    sw = result.get("nfe_sweep")
+    if sw and (sw["curves"] or sw.get("reference_curves")):
         floor = sw["floor"]
+        few = few_step_records(exp, result, sw["metric"])
         paths.append(
             F.nfe_quality(
                 sw["curves"],
@@ -156,8 +177,12 @@ def all_figures(
                     num_samples=sw["num_samples"],
                     samplers={n: exp.sampler_settings[n] for n in sw["curves"]},
                     floor=floor,
+                    reference=sw.get("reference"),
+                    few_step={m: [r["sampler"] for r in rows] for m, rows in few.items()},
                 ),
                 floor=(floor["floor_mean"], floor["floor_std"]),
+                reference=sw.get("reference_curves"),
+                few_step={f"{m} (trained few-step model)": rows for m, rows in few.items()},
                 dpi=fc.dpi,
             )
         )
@@ -174,7 +199,7 @@ def all_figures(
                 dpi=fc.dpi,
             )
         )
-        tr = _trajectories(exp, fn, k_traj, min(6, fc.num_trajectories), 9)
+        tr = _trajectories(exp, exp.velocity_model(fn), k_traj, min(6, fc.num_trajectories), 9)
         if tr["trajectories"]:
             paths.append(
                 F.image_trajectories(
@@ -197,7 +222,7 @@ def all_figures(
     if exp.shape != (2,):
         return paths
     data = ref["x"][: fc.num_points]
-    tr = _trajectories(exp, fn, k_traj, fc.num_trajectories, 41)
+    tr = _trajectories(exp, exp.velocity_model(fn), k_traj, fc.num_trajectories, 41)
     if tr["trajectories"]:
         paths.append(
             F.trajectories_2d(
@@ -215,9 +240,10 @@ def all_figures(
                 dpi=fc.dpi,
             )
         )
-    paths.append(_field_figure(exp, fn, data, restored))
-    if fc.density_grid:
-        paths.append(_density_figure(exp, fn, data, restored, k_dens))
+    if exp.has_velocity:  # fields and density of the velocity (consistency models have none)
+        paths.append(_field_figure(exp, exp.velocity_model(fn), data, restored))
+        if fc.density_grid:
+            paths.append(_density_figure(exp, exp.velocity_model(fn), data, restored, k_dens))
     return paths
 
 

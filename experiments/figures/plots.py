@@ -231,20 +231,31 @@ def nfe_quality(
     *,
     floor: tuple[float, float] | None = None,
     ylabel: str | None = None,
+    reference: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    few_step: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     dpi: int = 110,
 ) -> Path:
     """``metric`` against NFE (log-log), one line per sampler; ``curves[name]`` is a list of
-    records with ``"nfe"`` and ``metric``. ``floor``: (mean, std) drawn as a band."""
+    records with ``"nfe"`` and ``metric``. ``floor``: (mean, std) drawn as a band. ``reference``:
+    curves of the same form drawn dashed (e.g. the exact oracle velocity's solvers);
+    ``few_step``: records of few-step samplers (e.g. a MeanFlow model at 1, 2, 4 steps), drawn
+    as large markers."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, records in curves.items():
-        pts = sorted(
-            (float(r["nfe"]), float(r[metric]))
-            for r in records
-            if r.get(metric) is not None and math.isfinite(float(r[metric]))
-        )
-        if pts:
-            x, y = zip(*pts, strict=True)
-            ax.plot(x, y, "o-", label=name)
+    styles = (
+        (curves, {"marker": "o", "ls": "-"}),
+        (reference or {}, {"marker": ".", "ls": "--", "lw": 1}),
+        (few_step or {}, {"marker": "s", "ls": "-", "lw": 2, "ms": 8}),
+    )
+    for group, style in styles:
+        for name, records in group.items():
+            pts = sorted(
+                (float(r["nfe"]), float(r[metric]))
+                for r in records
+                if r.get(metric) is not None and math.isfinite(float(r[metric]))
+            )
+            if pts:
+                x, y = zip(*pts, strict=True)
+                ax.plot(x, y, label=name, **style)
     if floor is not None:
         mean, std = floor
         ax.axhspan(mean - std, mean + std, color="gray", alpha=0.25)
