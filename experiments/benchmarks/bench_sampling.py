@@ -161,6 +161,7 @@ def solver_overhead(
         "diffrax_ratio": ratio("diffrax"),
         "scan_call_ratio": ratio("scan_call"),
         "diffrax_call_ratio": ratio("diffrax_call"),
+        "times_ms": {k: [1e3 * x for x in v] for k, v in times.items()},
         "diffrax_over_scan": statistics.median(
             a / b for a, b in zip(times["diffrax"], times["scan"], strict=True)
         ),
