@@ -1,29 +1,33 @@
-"""flowjax side by side with the PyTorch peers (facebookresearch/flow_matching, torchcfm).
+"""flowjax side by side with the PyTorch peers (facebookresearch/flow_matching, torchcfm, torchdiffeq).
 
-Workloads (issue 10), 2 threads, fixed seeds, every comparison alternating the sides round by
-round and reporting the median of the per-round time ratios (this machine is shared and noisy):
+Every timed comparison runs the sides on the same inputs (and, where weights matter, the same
+weights), alternating them round by round over ``ROUNDS`` rounds; what is stored is the raw
+seconds of every round (``times``), from which the suite's report computes each ratio as the median
+of the per-round ratios with its quartiles and range. Workloads (issue 10, like for like: issue 19):
 
-* **W1 training**: 2-D checkerboard; MLP 3 -> 4 x 512 SiLU -> 2 on ``[x, t]``; Adam lr 1e-3;
-  CondOT; batch 4096 and 256; steps/s after warm-up. The peers use their own public path/matcher
-  APIs (``flow_matching.path.AffineProbPath(CondOTScheduler())``,
-  ``torchcfm.ConditionalFlowMatcher(sigma=0)``) and ``torch.optim.Adam``; flowjax uses
-  ``flowjax.losses.make_loss`` and ``flowjax.training.make_train_step`` (no EMA, as the peers).
-* **W2 sampling**: 10,000 samples from one trained model (flowjax weights copied into the torch
-  network): Euler 100, midpoint 50, Dopri5 rtol = atol = 1e-5; wall time, NFE, energy distance and
-  sliced W2 against 10,000 fresh data points; latency at batch 1 and 64 with Euler 20. Peers:
-  ``flow_matching.solver.ODESolver.sample`` and ``torchdiffeq.odeint`` (torchcfm's examples' way;
-  torchdyn is not installed).
-* **W3 likelihood**: log p of 2,000 held-out points, exact divergence and Hutchinson, Euler 100 and
-  Dopri5 1e-5; wall time and mean NLL. Peer: ``ODESolver.compute_likelihood``.
-* **W4 ground truth**: each side trains the model 2,000 steps (batch 4096) on the 8-Gaussians ring
-  (radius 4, std 0.5); mean NLL on 2,000 test points minus the true entropy estimate (the oracle's
-  mean ``-log p``), all evaluated with one exact likelihood (flowjax, Dopri5 1e-6 in float64) so
-  that only training differs.
-* **Limit**: the measured float32 matmul rate of this machine (JAX and torch), and W1/W2's achieved
-  fraction of it from the MLP's FLOP count.
+* ``limit``: the float32 matmul rate of this machine (JAX and torch), the peak for W1's fraction.
+* ``w1`` training: 2-D checkerboard; MLP 3 -> 4 x 512 SiLU -> 2 on ``[x, t]``; Adam 1e-3; CondOT;
+  batch 4096 and 256. Every side computes the step in one pass (the headline) and, at batch 4096,
+  also with the gradient accumulated over 4 micro-batches of 1024 (flowjax ``grad_accum_steps``;
+  torch: one backward per micro-batch, one Adam step). Peers use their own path APIs
+  (``AffineProbPath(CondOTScheduler())``, ``ConditionalFlowMatcher(sigma=0)``) and torch Adam.
+* ``w2`` sampling: one trained model (flowjax weights copied into the torch network); each side
+  runs its whole menu of solvers on the same 2,000 starting points (flowjax: Euler, midpoint, Heun,
+  Bosh3, Tsit5, Dopri5; torchdiffeq and flow_matching's ``ODESolver``: Euler, midpoint, Heun2,
+  Heun3, RK4, Bosh3, Dopri5; fixed steps and tolerances 1e-3..1e-5), with energy distance, sliced
+  W2 and the flow-map error against a float64 solve. Headlines: Euler 100 on every side, and each
+  side's fastest setting at the peers' best quality; flowjax's few-step solvers (DPM-Solver++,
+  UniPC) as separate rows. Latency at batch 1 and 64 (Euler 20).
+* ``w3`` likelihood (:mod:`peers_likelihood`): equal settings, and equal accuracy with each side's
+  fastest setting of its own sweep against a float64 reference.
+* ``w4`` ground truth: each side trains on the 8-Gaussians ring with the peers' recipe (constant
+  Adam) and with flowjax's (cosine decay + EMA, written in PyTorch for the peers), 3 seeds, the same
+  initial weights and batches; the NLL gap to the oracle, all evaluated by one exact likelihood.
 
 Peers are optional: without torch the flowjax sides still run and the peer columns say so.
-Run: ``python -m experiments.benchmarks.bench_peers [--quick] [--json F]``.
+Run: ``python -m experiments.benchmarks.bench_peers [--quick] [--workloads w1 w4] [--json F]``;
+the suite (``python -m experiments.benchmarks.suite --only peers.w4``) merges the results into
+``benchmarks.json`` and writes the report.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import functools
 import json
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -43,10 +48,11 @@ import numpy as np
 
 import flowjax as fj
 from experiments.benchmarks import peers_torch
-from experiments.benchmarks.common import alternate, median_ratio
+from experiments.benchmarks.common import alternate
 from experiments.benchmarks.peers_likelihood import (
+    W3_DIGITS,
     reference_log_prob,
-    w3_equal_accuracy,
+    w3_equal_settings,
     w3_likelihood,
 )
 from experiments.benchmarks.peers_torch import DEPTH, THREADS, WIDTH
@@ -54,10 +60,10 @@ from flowjax import likelihood as L
 from flowjax import losses, models
 from flowjax import training as T
 
-# W1: flowjax evaluates the gradient of a large batch in micro-batches of this many examples
-# (grad_accum_steps): a [1024, 512] activation is 2 MiB, so each layer's matmul, SiLU and their
-# gradients stay in cache, and XLA's per-call buffer stays small. Measured here at batch 4096:
-# one pass 147 ms/step, 4 micro-batches 111 ms/step (flow_matching 120 ms/step).
+# Rounds of every timed comparison (issue 19: at least 7, the sides alternated)
+ROUNDS = 7
+# W1's micro-batch size: a [1024, 512] activation is 2 MiB, so each layer's matmul, SiLU and their
+# gradients stay in cache (its effect is W1's accumulated row, in BENCHMARKS.md)
 MICROBATCH = 1024
 
 
@@ -68,31 +74,37 @@ def _flowjax_model():
     return models.MLP(hidden=(WIDTH,) * DEPTH, activation="silu", time_embedding="none")
 
 
+def _init_params(seed: int = 0) -> Any:
+    return models.init(_flowjax_model(), jax.random.PRNGKey(seed), jnp.zeros((1, 2)))
+
+
 def _flowjax_trainer(
-    batch: int,
     *,
-    lr_schedule: str = "constant",
-    total: int = 0,
-    ema=None,
-    ema_warmup=False,
+    params: Any = None,
+    recipe: str = "plain",
+    total: int = 1,
     grad_accum_steps: int = 1,
+    seed: int = 0,
 ):
+    """(model, step, state): ``recipe="plain"``: Adam 1e-3, no EMA (the peers' recipe);
+    ``"cosine_ema"``: cosine decay to 0 over ``total`` steps and an EMA (0.999, with warm-up)."""
     model = _flowjax_model()
-    params = models.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 2)))
+    params = _init_params(seed) if params is None else params
     loss_fn = losses.make_loss(models.make_apply_fn(model), fj.CondOT(), t_margin=0.0)
+    cosine = recipe == "cosine_ema"
     opt = T.make_optimizer(
-        "adam", 1e-3, schedule=lr_schedule, total_steps=max(total, 1), warmup_steps=0
+        "adam", 1e-3, schedule="cosine" if cosine else "constant", total_steps=max(total, 1)
     )
     step = T.make_train_step(
         loss_fn,
         opt,
         mesh=T.make_mesh(),
-        ema_decay=ema,
-        ema_warmup=ema_warmup,
+        ema_decay=0.999 if cosine else None,
+        ema_warmup=cosine,
         grad_accum_steps=grad_accum_steps,
     )
     state = step.place_state(
-        T.create_train_state(params, opt, jax.random.PRNGKey(1), ema=ema is not None)
+        T.create_train_state(params, opt, jax.random.PRNGKey(1000 + seed), ema=cosine)
     )
     return model, step, state
 
@@ -112,94 +124,108 @@ def _step_runner(step, state, placed: list) -> Callable[[int], None]:
 
 
 def _data(name: str, key: jax.Array, n: int) -> np.ndarray:
-    return np.asarray(fj.data.toy_sample(name, key, n), np.float32)
+    return np.array(fj.data.toy_sample(name, key, n), np.float32)
+
+
+def _flowjax_train(dataset: str, steps: int, batch: int, *, recipe: str, seed: int) -> Any:
+    """flowjax parameters after ``steps`` steps on ``dataset`` (EMA ones for ``cosine_ema``);
+    batch ``i`` is ``toy_sample(dataset, fold_in(PRNGKey(7 + seed), i), batch)`` (as the peers)."""
+    _, step, state = _flowjax_trainer(
+        recipe=recipe, total=steps, grad_accum_steps=max(1, batch // MICROBATCH), seed=seed
+    )
+    sample = jax.jit(lambda k: fj.data.toy_sample(dataset, k, batch))
+    key = jax.random.PRNGKey(7 + seed)
+    for i in range(steps):
+        x = np.asarray(sample(jax.random.fold_in(key, i)))
+        state, _ = step(state, step.shard_batch({"x": x}))
+    return jax.device_get(state.ema_params if recipe == "cosine_ema" else state.params)
+
+
+def _torch_train(peers, peer, dataset, steps, batch, *, recipe: str, seed: int) -> Any:
+    """The peer's training of the same network from flowjax's initial weights for ``seed``, on
+    the same batches; returns flowjax parameters holding the trained (or EMA) torch weights."""
+    torch = peers["torch"]
+    init = _init_params(seed)
+    net = peers_torch.torch_from_flax(torch, init)
+    torch.manual_seed(seed)
+    step, weights = peers_torch.torch_train_step(
+        torch, net, peers_torch.peer_pair(torch, peer), recipe=recipe, total=steps
+    )
+    sample = jax.jit(lambda k: fj.data.toy_sample(dataset, k, batch))
+    key = jax.random.PRNGKey(7 + seed)
+    for i in range(steps):
+        step(torch.from_numpy(np.array(sample(jax.random.fold_in(key, i)))))
+    return peers_torch.flax_from_torch(weights(), jax.device_get(init))
+
+
+# ----------------------------------------------------------------------------- trained model
+
+_CACHE = os.environ.get(
+    "FLOWJAX_BENCH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "flowjax-bench")
+)
+
+
+def _cached(name: str, make: Callable[[], Any]) -> Any:
+    """``make()``, pickled under ``$FLOWJAX_BENCH_CACHE`` (default ~/.cache/flowjax-bench) by
+    ``name``: W2 and W3 train one model and compute one float64 reference, then reuse them."""
+    path = os.path.join(_CACHE, name + ".pkl")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    value = make()
+    os.makedirs(_CACHE, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump(value, f)
+    os.replace(path + ".tmp", path)
+    return value
+
+
+def trained_checkerboard(steps: int, batch: int = 1024) -> tuple[Any, Any, dict]:
+    """The W2/W3 model: flowjax, plain Adam, ``steps`` steps at ``batch`` on the checkerboard
+    (cached); returns (model, params, description)."""
+    params = _cached(
+        f"checkerboard_{steps}_{batch}",
+        lambda: _flowjax_train("checkerboard", steps, batch, recipe="plain", seed=0),
+    )
+    flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(params)])
+    desc = {
+        "steps": steps,
+        "batch": batch,
+        "recipe": "plain Adam 1e-3 (flowjax)",
+        "weights_checksum": float(np.sum(np.abs(flat.astype(np.float64)))),
+    }
+    return _flowjax_model(), params, desc
+
+
+# ----------------------------------------------------------------------------- limit
+
+
+def part_limit(quick: bool, peers: dict) -> dict:
+    """float32 GFLOP/s of a [4096, 512] x [512, 512] matmul (the MLP's hidden layer), JAX and
+    torch, alternated; the peak is the fastest round of either."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (4096, 512))
+    b = jax.random.normal(jax.random.PRNGKey(1), (512, 512))
+    reps = 50
+    f = jax.jit(lambda a, b: jax.lax.fori_loop(0, reps, lambda i, c: (c @ b) * 1e-3, a))
+    jax.block_until_ready(f(a, b))
+    fns: dict[str, Callable[[], Any]] = {"jax": lambda: jax.block_until_ready(f(a, b))}
+    torch = peers.get("torch")
+    if torch is not None:
+        ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
+
+        def tmm():
+            c = ta
+            for _ in range(reps):
+                c = (c @ tb) * 1e-3
+            return c
+
+        tmm()
+        fns["torch"] = tmm
+    times = alternate(fns, ROUNDS, warmup=0)
+    return {"gflop_per_call": 2.0 * 4096 * 512 * 512 * reps / 1e9, "times": times}
 
 
 # ----------------------------------------------------------------------------- W1 training
-
-
-def w1_training(peers: dict, batch: int, steps: int, warmup: int, rounds: int) -> dict:
-    pool = [_data("checkerboard", jax.random.PRNGKey(100 + i), batch) for i in range(8)]
-    fns: dict[str, Callable[[], None]] = {}
-    # flowjax computes a large batch's gradient in cache-sized micro-batches (the same update:
-    # the mean gradient over all `batch` examples, one Adam step); "flowjax_one_pass" is the same
-    # step on the whole batch at once, reported beside it
-    accum = max(1, batch // MICROBATCH)
-    variants = {"flowjax": accum} | ({"flowjax_one_pass": 1} if accum > 1 else {})
-    for name, k in variants.items():
-        _, step, state = _flowjax_trainer(batch, grad_accum_steps=k)
-        placed = [step.shard_batch({"x": b}) for b in pool]
-        run_flowjax = _step_runner(step, state, placed)
-        run_flowjax(warmup)
-        fns[name] = functools.partial(run_flowjax, steps)
-    torch = peers.get("torch")
-    if torch is not None:
-        tpool = [torch.from_numpy(b.copy()) for b in pool]
-        if "flow_matching" in peers:
-            from flow_matching.path import AffineProbPath
-            from flow_matching.path.scheduler import CondOTScheduler
-
-            fm_path = AffineProbPath(scheduler=CondOTScheduler())
-            torch.manual_seed(0)
-            net = peers_torch.torch_mlp(torch)
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-
-            def fm_step(x1):
-                x0 = torch.randn_like(x1)
-                t = torch.rand(x1.shape[0])
-                ps = fm_path.sample(t=t, x_0=x0, x_1=x1)
-                pred = net(torch.cat([ps.x_t, t[:, None]], dim=1))
-                loss = torch.pow(pred - ps.dx_t, 2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            def run_fm(n: int) -> None:
-                for i in range(n):
-                    fm_step(tpool[i % len(tpool)])
-
-            run_fm(warmup)
-            fns["flow_matching"] = lambda: run_fm(steps)
-        if "torchcfm" in peers:
-            from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
-
-            cfm = ConditionalFlowMatcher(sigma=0.0)
-            torch.manual_seed(0)
-            net2 = peers_torch.torch_mlp(torch)
-            opt2 = torch.optim.Adam(net2.parameters(), lr=1e-3)
-
-            def cfm_step(x1):
-                x0 = torch.randn_like(x1)
-                t, xt, ut = cfm.sample_location_and_conditional_flow(x0, x1)
-                pred = net2(torch.cat([xt, t[:, None]], dim=1))
-                loss = torch.pow(pred - ut, 2).mean()
-                opt2.zero_grad(set_to_none=True)
-                loss.backward()
-                opt2.step()
-
-            def run_cfm(n: int) -> None:
-                for i in range(n):
-                    cfm_step(tpool[i % len(tpool)])
-
-            run_cfm(warmup)
-            fns["torchcfm"] = lambda: run_cfm(steps)
-    times = alternate(fns, rounds, warmup=0)
-    out: dict[str, Any] = {
-        "batch": batch,
-        "flowjax_grad_accum_steps": accum,
-        "steps_per_round": steps,
-        "steps_per_sec": {k: steps / float(np.median(v)) for k, v in times.items()},
-    }
-    peer_names = [k for k in fns if not k.startswith("flowjax")]
-    out["speedup_vs"] = {p: median_ratio(times, p, "flowjax") for p in peer_names}
-    if peer_names:
-        out["speedup_vs_best_peer"] = min(out["speedup_vs"].values())
-        if "flowjax_one_pass" in fns:
-            out["one_pass_vs_best_peer"] = min(
-                median_ratio(times, p, "flowjax_one_pass") for p in peer_names
-            )
-    out["gflop_per_step"] = 3 * _mlp_flops(batch) / 1e9
-    return out
 
 
 def _mlp_flops(batch: int) -> float:
@@ -208,148 +234,204 @@ def _mlp_flops(batch: int) -> float:
     return 2.0 * batch * macs
 
 
-# ----------------------------------------------------------------------------- trained model
-
-
-def train_model(dataset: str, steps: int, batch: int = 4096, *, recipe: str = "plain") -> Any:
-    """A flowjax-trained model on ``dataset``: ``plain`` = Adam 1e-3 as the peers; ``best`` adds
-    a cosine learning-rate decay and an EMA of the weights (decay 0.999 with warm-up; returned)."""
+def w1_case(peers: dict, batch: int, steps: int, warmup: int, rounds: int) -> dict:
+    """Steps of every side on the same batches, alternated: each side in one pass, and (at
+    batches above ``MICROBATCH``) each side accumulating the gradient over micro-batches of
+    ``MICROBATCH`` (``_accum``; flowjax's ``grad_accum_steps``, torch: backward per micro-batch)."""
+    pool = [_data("checkerboard", jax.random.PRNGKey(100 + i), batch) for i in range(8)]
     accum = max(1, batch // MICROBATCH)
-    if recipe == "best":
-        model, step, state = _flowjax_trainer(
-            batch,
-            lr_schedule="cosine",
-            total=steps,
-            ema=0.999,
-            ema_warmup=True,
-            grad_accum_steps=accum,
-        )
-    else:
-        model, step, state = _flowjax_trainer(batch, grad_accum_steps=accum)
-    key = jax.random.PRNGKey(7)
-    sample = jax.jit(lambda k: fj.data.toy_sample(dataset, k, batch))
-    for i in range(steps):
-        x = np.asarray(sample(jax.random.fold_in(key, i)))
-        state, _ = step(state, step.shard_batch({"x": x}))
-    params = state.ema_params if recipe == "best" else state.params
-    return model, jax.device_get(params)
+    fns: dict[str, Callable[[], None]] = {}
+    for k in sorted({1, accum}):
+        _, step, state = _flowjax_trainer(grad_accum_steps=k)
+        placed = [step.shard_batch({"x": b}) for b in pool]
+        run_flowjax = _step_runner(step, state, placed)
+        run_flowjax(warmup)
+        fns["flowjax" + (f"_accum{k}" if k > 1 else "")] = functools.partial(run_flowjax, steps)
+    torch = peers.get("torch")
+    if torch is not None:
+        tpool = [torch.from_numpy(b.copy()) for b in pool]
+        for peer in ("flow_matching", "torchcfm"):
+            if peer not in peers:
+                continue
+            for k in sorted({1, accum}):
+                net = peers_torch.torch_from_flax(torch, _init_params(0))
+                torch.manual_seed(0)
+                step_t, _ = peers_torch.torch_train_step(
+                    torch, net, peers_torch.peer_pair(torch, peer), accum=k
+                )
+
+                def run_t(n: int, step_t=step_t) -> None:
+                    for i in range(n):
+                        step_t(tpool[i % len(tpool)])
+
+                run_t(warmup)
+                fns[peer + (f"_accum{k}" if k > 1 else "")] = functools.partial(run_t, steps)
+    return {
+        "batch": batch,
+        "microbatch": MICROBATCH,
+        "accum": accum,
+        "steps_per_round": steps,
+        "gflop_per_step": 3 * _mlp_flops(batch) / 1e9,
+        "times": alternate(fns, rounds, warmup=0),
+    }
+
+
+def part_w1(quick: bool, peers: dict) -> dict:
+    steps, warmup = (2, 1) if quick else (12, 4)
+    return {
+        "rows": [
+            w1_case(peers, 4096, steps, warmup, ROUNDS),
+            w1_case(peers, 256, steps * 8, warmup * 4, ROUNDS),
+        ]
+    }
 
 
 # ----------------------------------------------------------------------------- W2 sampling
 
+# (method, fixed steps or None, tolerance or None); one menu per side: every solver it offers
+W2_FLOWJAX = (
+    [("euler", k, None) for k in (25, 50, 100)]
+    + [("midpoint", k, None) for k in (8, 16, 50)]
+    + [("heun", k, None) for k in (4, 8, 16)]
+    + [("bosh3", k, None) for k in (4, 8)]  # third order on a fixed grid (the peers' heun3)
+    + [(m, None, tol) for m in ("bosh3", "tsit5", "dopri5") for tol in (1e-3, 1e-4, 1e-5)]
+)
+# flowjax's few-step solvers (no counterpart in the peers): reported as separate rows
+W2_FLOWJAX_ONLY = [(m, k, None) for m in ("dpmpp_2m", "unipc") for k in (5, 10)]
+W2_PEER = (
+    [("euler", k, None) for k in (25, 50, 100)]
+    + [("midpoint", k, None) for k in (8, 16, 50)]
+    + [("heun2", k, None) for k in (4, 8, 16)]
+    + [("heun3", k, None) for k in (4, 8)]
+    + [("rk4", k, None) for k in (4, 8, 16)]
+    + [(m, None, tol) for m in ("bosh3", "dopri5") for tol in (1e-3, 1e-4, 1e-5)]
+)
 
-def w2_sampling(peers: dict, model, params, n: int, rounds: int) -> dict:
+
+def _setting(method: str, steps: int | None, tol: float | None) -> str:
+    return f"{method}_{steps}" if steps else f"{method}_{tol:.0e}"
+
+
+def _fj_sample_opts(method: str, steps: int | None, tol: float | None) -> dict:
+    if steps:
+        return {"solver": method, "num_steps": steps}
+    return {"solver": method, "num_steps": 20, "adaptive": fj.solvers.Adaptive(rtol=tol, atol=tol)}
+
+
+def part_w2(quick: bool, peers: dict) -> dict:
+    """W2: every setting of each side's menu on the same weights and starting points (quality:
+    energy distance, sliced W2 and flow-map error; time: the sweep's rounds), then the headline
+    pairs alternated over ``ROUNDS`` rounds: Euler 100 on every side, and each side's fastest
+    setting at the peers' best sample quality."""
+    train_steps, n, sweep_rounds = (100, 500, 1) if quick else (2000, 2000, 2)
+    model, params, desc = trained_checkerboard(train_steps)
     path = fj.CondOT()
     fn = models.model_fn(model, params)
     ref = _data("checkerboard", jax.random.PRNGKey(999), n)
-    x0 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (n, 2)), np.float32)
-    settings = {
-        "euler_100": dict(solver="euler", num_steps=100),
-        "midpoint_50": dict(solver="midpoint", num_steps=50),
-        "dopri5_1e-5": dict(
-            solver="dopri5", adaptive=fj.solvers.Adaptive(rtol=1e-5, atol=1e-5), num_steps=20
-        ),
-        # the peers' error norm (RMS over the whole batch); flowjax's default bounds every example
-        "dopri5_1e-5_rms": dict(
-            solver="dopri5",
-            adaptive=fj.solvers.Adaptive(rtol=1e-5, atol=1e-5, error_norm="rms"),
-            num_steps=20,
-        ),
-    }
-    # flowjax's own fast settings (fewer NFE): a quality-against-time curve
-    fast = {f"heun_{k}": dict(solver="heun", num_steps=k) for k in (4, 8, 12, 16, 24)}
-    fast |= {f"midpoint_{k}": dict(solver="midpoint", num_steps=k) for k in (8, 16)}
-    fast |= {f"euler_{k}": dict(solver="euler", num_steps=k) for k in (25, 50)}
+    x0 = np.array(jax.random.normal(jax.random.PRNGKey(5), (n, 2)), np.float32)
 
-    def fj_run(opts):
-        def run():
-            return jax.block_until_ready(fj.sample(fn, path, None, None, x_start=x0, **opts))
+    def exact_flow():
+        with jax.enable_x64(True):
+            p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+            out = fj.sample(
+                models.model_fn(model, p64), path, None, None, x_start=jnp.asarray(x0, jnp.float64),
+                solver="dopri5", num_steps=50, adaptive=fj.solvers.Adaptive(rtol=1e-10, atol=1e-10),
+            )  # fmt: skip
+            return np.asarray(out.samples, np.float64)
 
-        return run
+    x_star = _cached(f"w2_flow_{train_steps}_{n}", exact_flow)
 
-    results: dict[str, Any] = {}
+    runs: dict[str, Callable[[], Any]] = {}
+    info: dict[str, dict] = {}
+    for spec, only in [(s, False) for s in W2_FLOWJAX] + [(s, True) for s in W2_FLOWJAX_ONLY]:
+        opts = _fj_sample_opts(*spec)
+
+        def run(opts=opts):
+            out = jax.block_until_ready(fj.sample(fn, path, None, None, x_start=x0, **opts))
+            return np.asarray(out.samples), int(out.nfe)
+
+        key = f"flowjax/{_setting(*spec)}"
+        runs[key] = run
+        info[key] = {"side": "flowjax", "setting": _setting(*spec), "flowjax_only": only}
     torch = peers.get("torch")
-    tnet = peers_torch.torch_from_flax(torch, params) if torch is not None else None
-    xt0 = torch.from_numpy(x0) if torch is not None else None
-    for name, opts in settings.items():
-        fns = {"flowjax": fj_run(opts)}
-        if torch is not None and "flow_matching" in peers:
-            fns["flow_matching"] = peers_torch.fm_sampler(torch, tnet, xt0, name)
-        if torch is not None and "torchdiffeq" in peers:
-            fns["torchdiffeq"] = peers_torch.odeint_sampler(torch, tnet, xt0, name)
-        outs = {k: f() for k, f in fns.items()}  # warm-up and the samples for quality
-        times = alternate(fns, rounds, warmup=0)
-        row: dict[str, Any] = {"ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()}}
-        row["speedup_vs"] = {p: median_ratio(times, p, "flowjax") for p in fns if p != "flowjax"}
-        row["nfe"] = {}
-        row["energy"] = {}
-        row["sliced_w2"] = {}
-        for k, o in outs.items():
-            samples, nfe = (np.asarray(o.samples), int(o.nfe)) if k == "flowjax" else o
-            row["nfe"][k] = nfe
-            row["energy"][k] = float(fj.distances.energy_distance(samples, ref))
-            row["sliced_w2"][k] = float(
+    tnet = xt0 = None
+    if torch is not None:
+        tnet = peers_torch.torch_from_flax(torch, params)
+        xt0 = torch.from_numpy(x0)
+        for lib in ("torchdiffeq", "flow_matching"):
+            if lib not in peers:
+                continue
+            for spec in W2_PEER:
+                key = f"{lib}/{_setting(*spec)}"
+                runs[key] = peers_torch.torch_sampler(torch, tnet, xt0, lib, *spec)
+                info[key] = {"side": lib, "setting": _setting(*spec), "flowjax_only": False}
+    for key, run in runs.items():  # warm-up, and the samples
+        samples, nfe = run()
+        info[key] |= {
+            "nfe": nfe,
+            "energy": float(fj.distances.energy_distance(samples, ref)),
+            "sliced_w2": float(
                 fj.distances.sliced_wasserstein(samples, ref, jax.random.PRNGKey(0))
-            )
-        results[name] = row
-    floor, spread = fj.distances.finite_sample_floor(
+            ),
+            "flow_error": float(np.sqrt(np.mean(np.sum((samples - x_star) ** 2, axis=1)))),
+        }
+    sweep = alternate(runs, sweep_rounds, warmup=0)
+    for key in runs:
+        info[key]["sweep_times"] = sweep[key]
+    floor, floor_spread = fj.distances.finite_sample_floor(
         fj.distances.energy_distance,
         lambda k, m: fj.data.toy_sample("checkerboard", k, m),
         jax.random.PRNGKey(3),
         n,
-        repeats=3,
+        repeats=5,
     )
-    curve = {}
-    for name, opts in fast.items():
-        run = fj_run(opts)
-        out = run()
-        t = float(np.median(alternate({"x": run}, rounds, warmup=0)["x"]))
-        curve[name] = {
-            "ms": 1e3 * t,
-            "nfe": int(out.nfe),
-            "energy": float(fj.distances.energy_distance(np.asarray(out.samples), ref)),
+    out: dict[str, Any] = {
+        "n": n,
+        "model": desc,
+        "energy_floor": [float(floor), float(floor_spread)],
+        "sweep_rounds": sweep_rounds,
+        "settings": info,
+    }
+    # headline 1: Euler 100 on every side (equal settings, equal NFE)
+    e100 = {k.split("/")[0]: runs[k] for k in runs if k.endswith("/euler_100")}
+    out["euler_100"] = {
+        "times": alternate(e100, ROUNDS, warmup=0),
+        "gflop": 100 * _mlp_flops(n) / 1e9,
+    }
+    # headline 2: each side's fastest setting (by the sweep) at the peers' best quality
+    peer_keys = [k for k in info if info[k]["side"] != "flowjax"]
+    if peer_keys:
+        best = min(peer_keys, key=lambda k: info[k]["energy"])
+        target = info[best]["energy"] + 2 * float(floor_spread)
+
+        def fastest(keys):
+            ok = [k for k in keys if info[k]["energy"] <= target]
+            return min(ok, key=lambda k: float(np.median(info[k]["sweep_times"]))) if ok else None
+
+        chosen = {
+            "peer": fastest(peer_keys),
+            "flowjax": fastest([k for k in info if info[k]["side"] == "flowjax" and not info[k]["flowjax_only"]]),
+            "flowjax_few_step": fastest([k for k in info if info[k]["flowjax_only"]]),
+        }  # fmt: skip
+        chosen = {k: v for k, v in chosen.items() if v is not None}
+        out["best_quality"] = {
+            "peers_best": best,
+            "target_energy": target,
+            "chosen": chosen,
+            "times": alternate({k: runs[v] for k, v in chosen.items()}, ROUNDS, warmup=0),
         }
-    out: dict[str, Any] = {"n": n, "settings": results, "flowjax_fast": curve}
-    out["energy_floor"] = [float(floor), float(spread)]
-    peers_best = [
-        (row["energy"][p], row["ms"][p], name, p)
-        for name, row in results.items()
-        for p in row["energy"]
-        if p != "flowjax"
-    ]
-    if peers_best:
-        e_best, _, best_setting, best_peer = min(peers_best)
-        # the fastest peer run reaching within the floor's spread of the peers' best quality
-        target = e_best + 2 * float(spread)
-        peer_ms = min(ms for e, ms, _, _ in peers_best if e <= target)
-        ours = [(c["ms"], k) for k, c in curve.items() if c["energy"] <= target]
-        ours += [
-            (r["ms"]["flowjax"], k) for k, r in results.items() if r["energy"]["flowjax"] <= target
-        ]
-        out["peers_best_quality"] = {
-            "energy": e_best,
-            "setting": best_setting,
-            "peer": best_peer,
-            "fastest_peer_ms_at_that_quality": peer_ms,
-        }
-        if ours:
-            ms, which = min(ours)
-            out["flowjax_time_to_peers_best_quality"] = {
-                "ms": ms,
-                "setting": which,
-                "speedup": peer_ms / ms,
-            }
-    out["latency"] = _latency(peers, fn, tnet, rounds)
+    out["latency"] = _latency(peers, fn, tnet, 5 if quick else 20)
     return out
 
 
-def _latency(peers: dict, fn, tnet, rounds: int) -> dict:
+def _latency(peers: dict, fn, tnet, reps: int) -> dict:
+    """Euler 20 at batch 1 and 64, ``reps`` calls per round: ``fj.sample`` from Python each time,
+    the sampler jitted once by the user, and the peers' samplers."""
     path = fj.CondOT()
     torch = peers.get("torch")
     out = {}
-    reps = 20
     for b in (1, 64):
-        x0 = np.asarray(jax.random.normal(jax.random.PRNGKey(b), (b, 2)), np.float32)
+        x0 = np.array(jax.random.normal(jax.random.PRNGKey(b), (b, 2)), np.float32)
 
         def ours(x0=x0):
             return jax.block_until_ready(
@@ -365,224 +447,158 @@ def _latency(peers: dict, fn, tnet, rounds: int) -> dict:
             return jax.block_until_ready(jitted(fn, x0).samples)
 
         fns = {"flowjax": ours, "flowjax_jit": ours_jit}
-        if torch is not None and "flow_matching" in peers:
-            fns["flow_matching"] = peers_torch.fm_latency(torch, tnet, torch.from_numpy(x0))
+        if torch is not None:
+            for lib in ("flow_matching", "torchdiffeq"):
+                if lib in peers:
+                    fns[lib] = peers_torch.torch_latency(torch, tnet, torch.from_numpy(x0), lib)
         times = alternate(
-            {k: (lambda f=f: [f() for _ in range(reps)]) for k, f in fns.items()}, rounds
+            {k: (lambda f=f: [f() for _ in range(reps)]) for k, f in fns.items()}, ROUNDS
         )
-        out[f"batch_{b}"] = {
-            "us_per_call": {k: 1e6 * float(np.median(v)) / reps for k, v in times.items()},
-            "us_per_step": {k: 1e6 * float(np.median(v)) / reps / 20 for k, v in times.items()},
-            "speedup_vs": {
-                p: median_ratio(times, p, "flowjax") for p in fns if not p.startswith("flowjax")
-            },
-            "speedup_jit_vs": {
-                p: median_ratio(times, p, "flowjax_jit") for p in fns if not p.startswith("flowjax")
-            },
-        }
+        out[f"batch_{b}"] = {"calls_per_round": reps, "steps": 20, "times": times}
+    return out
+
+
+# ----------------------------------------------------------------------------- W3 likelihood
+
+
+def part_w3(quick: bool, peers: dict) -> dict:
+    train_steps, n, n_digits, sweep_rounds = (100, 100, 8, 1) if quick else (2000, 500, 32, 2)
+    model, params, desc = trained_checkerboard(train_steps)
+    x = _data("checkerboard", jax.random.PRNGKey(4242), n)
+    ref = _cached(f"w3_ref_{train_steps}_{n}", lambda: reference_log_prob(model, params, x))
+    out = w3_likelihood(peers, model, params, x, ref, ROUNDS, sweep_rounds)
+    out["model"] = desc
+    # digits: d = 64 (64 JVPs or 64 backward passes per evaluation), same MLP in both frameworks
+    digits = fj.data.get_dataset("digits", "test").as_arrays()["x"][:n_digits]
+    digits = np.asarray(digits, np.float32).reshape(len(digits), -1)
+    dmodel = _flowjax_model()
+    dparams = models.init(dmodel, jax.random.PRNGKey(3), jnp.zeros((1, 64)))
+    out["digits"] = w3_equal_settings(peers, dmodel, dparams, digits, ROUNDS, cases=W3_DIGITS)
+    out["digits"]["weights"] = "untrained (random init): a timing and agreement check"
     return out
 
 
 # ----------------------------------------------------------------------------- W4 ground truth
 
+W4_RECIPES = ("plain", "cosine_ema")
 
-def w4_ground_truth(peers: dict, steps: int, n_test: int) -> dict:
+
+def part_w4(
+    quick: bool,
+    peers: dict,
+    progress: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+) -> dict:
+    """Each side trains the model on the 8-Gaussians ring (radius 4, std 0.5) with each recipe
+    and seed, from the same initial weights (flowjax's init for the seed, copied into torch) on the
+    same batches; the NLL gap = mean NLL of the test points minus the oracle's, every model
+    evaluated by one exact likelihood (flowjax, Dopri5 1e-5, float64). ``progress(result)`` is
+    called after every trained model (the suite saves partial results); ``resume``: such a
+    partial result, whose models (same sizes and seeds) are kept and not trained again."""
+    steps, batch, n_test, seeds = (50, 256, 100, (0, 1)) if quick else (1000, 256, 1000, (0, 1, 2))
+    tol = 1e-5
     mix = fj.oracle.eight_gaussians(radius=4.0, std=0.5)
     test = np.asarray(mix.sample(jax.random.PRNGKey(31337), n_test), np.float64)
     entropy = float(-np.mean(np.asarray(mix.data_log_prob(test))))
-    out: dict[str, Any] = {"steps": steps, "n_test": n_test, "true_mean_nll": entropy, "gap": {}}
-    trained: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    model, p_best = train_model("eight_gaussians", steps, recipe="best")
-    trained["flowjax"] = p_best
-    out["train_seconds"] = {"flowjax": time.perf_counter() - t0}
-    _, p_plain = train_model("eight_gaussians", steps, recipe="plain")
-    trained["flowjax_plain_adam"] = p_plain
+    model = _flowjax_model()
+    sides = ["flowjax"] + [
+        p for p in ("flow_matching", "torchcfm") if p in peers and "torch" in peers
+    ]
+    out: dict[str, Any] = {
+        "steps": steps,
+        "batch": batch,
+        "n_test": n_test,
+        "seeds": list(seeds),
+        "recipes": list(W4_RECIPES),
+        "true_mean_nll": entropy,
+        "eval_tolerance": tol,
+        # a quality measurement: torch trains on one thread, which a loaded machine slows least
+        # (train_seconds are not a timing comparison)
+        "torch_threads": 1,
+        "runs": [],
+    }
+    same = ("steps", "batch", "n_test", "seeds", "recipes", "true_mean_nll", "eval_tolerance")
+    if resume and all(resume.get(k) == out[k] for k in same):
+        out["runs"] = list(resume["runs"])
+    done = {(r["seed"], r["recipe"], r["side"]) for r in out["runs"]}
     torch = peers.get("torch")
     if torch is not None:
-        sampler = jax.jit(lambda k: fj.data.toy_sample("eight_gaussians", k, 4096))
-        for peer in ("flow_matching", "torchcfm"):
-            if peer not in peers:
-                continue
-            torch.manual_seed(0)
-            net = peers_torch.torch_mlp(torch)
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            if peer == "flow_matching":
-                from flow_matching.path import AffineProbPath
-                from flow_matching.path.scheduler import CondOTScheduler
-
-                fm_path = AffineProbPath(scheduler=CondOTScheduler())
-
-                def pair(x1, fm_path=fm_path):
-                    x0, t = torch.randn_like(x1), torch.rand(x1.shape[0])
-                    ps = fm_path.sample(t=t, x_0=x0, x_1=x1)
-                    return ps.x_t, t, ps.dx_t
-            else:
-                from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
-
-                cfm = ConditionalFlowMatcher(sigma=0.0)
-
-                def pair(x1, cfm=cfm):
-                    t, xt, ut = cfm.sample_location_and_conditional_flow(torch.randn_like(x1), x1)
-                    return xt, t, ut
-
-            t0 = time.perf_counter()
-            for i in range(steps):
-                x1 = torch.from_numpy(
-                    np.asarray(sampler(jax.random.fold_in(jax.random.PRNGKey(7), i)))
+        torch.set_num_threads(1)
+    ll = jax.jit(
+        lambda p: (
+            L.log_likelihood(
+                models.model_fn(model, p), fj.CondOT(), jnp.asarray(test), rtol=tol, atol=tol
+            ).log_prob
+        )
+    )
+    for seed in seeds:
+        for recipe in W4_RECIPES:
+            for side in sides:
+                if (seed, recipe, side) in done:
+                    continue
+                t0 = time.perf_counter()
+                if side == "flowjax":
+                    params = _flowjax_train(
+                        "eight_gaussians", steps, batch, recipe=recipe, seed=seed
+                    )
+                else:
+                    params = _torch_train(
+                        peers, side, "eight_gaussians", steps, batch, recipe=recipe, seed=seed
+                    )
+                seconds = time.perf_counter() - t0
+                with jax.enable_x64(True):
+                    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+                    gap = float(-np.mean(np.asarray(ll(p64)))) - entropy
+                out["runs"].append(
+                    {
+                        "seed": seed,
+                        "recipe": recipe,
+                        "side": side,
+                        "gap": gap,
+                        "train_seconds": seconds,
+                    }
                 )
-                xt, t, target = pair(x1)
-                loss = torch.pow(net(torch.cat([xt, t[:, None]], 1)) - target, 2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            out["train_seconds"][peer] = time.perf_counter() - t0
-            trained[peer] = peers_torch.flax_from_torch(net, jax.device_get(p_best))
-    with jax.enable_x64(True):
-        path = fj.CondOT()
-        for name, params in trained.items():
-            p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-            fn = models.model_fn(model, p64)
-            res = L.log_likelihood(fn, path, jnp.asarray(test), rtol=1e-6, atol=1e-6)
-            out["gap"][name] = float(-np.mean(np.asarray(res.log_prob))) - entropy
-    return out
-
-
-# ----------------------------------------------------------------------------- limit
-
-
-def matmul_rate(rounds: int = 5) -> dict:
-    """float32 GFLOP/s of a [4096, 512] x [512, 512] matmul (the MLP's hidden layer), JAX and torch."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (4096, 512))
-    b = jax.random.normal(jax.random.PRNGKey(1), (512, 512))
-    reps = 50
-    f = jax.jit(lambda a, b: jax.lax.fori_loop(0, reps, lambda i, c: (c @ b) * 1e-3, a))
-    jax.block_until_ready(f(a, b))
-    fns: dict[str, Callable[[], Any]] = {"jax": lambda: jax.block_until_ready(f(a, b))}
-    peers = peers_torch.peers()
-    torch = peers.get("torch")
+                print(f"[w4] seed {seed} {recipe} {side}: gap {gap:.4f} ({seconds:.0f} s)",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                if progress is not None:
+                    progress(out)
     if torch is not None:
-        ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
-
-        def tmm():
-            c = ta
-            for _ in range(reps):
-                c = (c @ tb) * 1e-3
-            return c
-
-        tmm()
-        fns["torch"] = tmm
-    times = alternate(fns, rounds, warmup=0)
-    flops = 2.0 * 4096 * 512 * 512 * reps
-    return {k: flops / float(np.min(v)) / 1e9 for k, v in times.items()}
+        torch.set_num_threads(THREADS)
+    return out
 
 
 # ----------------------------------------------------------------------------- run
 
-
-def _log(msg: str, t0: float) -> None:
-    print(f"[bench_peers {time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-WORKLOADS = ("w1", "w2", "w3", "w4")
+PARTS: dict[str, Callable[..., dict]] = {
+    "limit": part_limit,
+    "w1": part_w1,
+    "w2": part_w2,
+    "w3": part_w3,
+    "w4": part_w4,
+}
+WORKLOADS = tuple(PARTS)
 
 
 def run(quick: bool = False, workloads: tuple[str, ...] = WORKLOADS) -> dict:
-    """The peer comparisons (all of ``WORKLOADS`` by default); a JSON-serialisable dict."""
+    """The peer comparisons (``WORKLOADS``); ``{workload: result}``, JSON-serialisable (raw
+    per-round times: the suite's report computes every ratio from them)."""
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
-    t_start = time.perf_counter()
     peers = peers_torch.peers()
-    cfg = (
-        dict(
-            steps=5,
-            warmup=2,
-            rounds=2,
-            train=100,
-            n=1000,
-            n_lik=200,
-            w4=100,
-            w4_test=200,
-            lik_rounds=1,
-            n_digits=32,
-        )
-        if quick
-        else dict(
-            steps=50,
-            warmup=20,
-            rounds=5,
-            train=2000,
-            n=10_000,
-            n_lik=2000,
-            w4=2000,
-            w4_test=2000,
-            lik_rounds=3,
-            n_digits=128,
-        )
-    )
-    out: dict[str, Any] = {
-        "benchmark": "peers",
-        "quick": quick,
+    return {w: PARTS[w](quick, peers) for w in workloads}
+
+
+def describe_peers(peers: dict) -> dict:
+    return {
         "threads": THREADS,
-        "peers": {
+        "versions": {
             k: getattr(v, "__version__", "?")
             for k, v in peers.items()
             if k not in ("missing", "missing_parts")
         },
         "missing": peers.get("missing") or peers.get("missing_parts"),
-        "jax": jax.__version__,
-        "cpu_count": os.cpu_count(),
     }
-    out["w1_microbatch"] = MICROBATCH
-    out["limit_gflops"] = matmul_rate(3 if quick else 7)
-    _log(f"limit {out['limit_gflops']}", t_start)
-    peak = max(out["limit_gflops"].values())
-    if "w1" in workloads:
-        out["w1"] = [
-            w1_training(
-                peers, b, cfg["steps"] * (4 if b == 256 else 1), cfg["warmup"], cfg["rounds"]
-            )
-            for b in (4096, 256)
-        ]
-        _log("W1 done", t_start)
-        for row in out["w1"]:
-            row["fraction_of_peak"] = {
-                k: row["gflop_per_step"] * sps / peak for k, sps in row["steps_per_sec"].items()
-            }
-    if "w2" in workloads or "w3" in workloads:
-        model, params = train_model("checkerboard", cfg["train"])
-        _log("checkerboard model trained", t_start)
-    if "w2" in workloads:
-        out["w2"] = w2_sampling(peers, model, params, cfg["n"], cfg["rounds"])
-        e100 = out["w2"]["settings"]["euler_100"]
-        out["w2"]["fraction_of_peak_euler_100"] = {
-            k: 100 * _mlp_flops(cfg["n"]) / (ms / 1e3) / 1e9 / peak for k, ms in e100["ms"].items()
-        }
-        _log("W2 done", t_start)
-    if "w3" in workloads:
-        x_lik = _data("checkerboard", jax.random.PRNGKey(4242), cfg["n_lik"])
-        ref = reference_log_prob(model, params, x_lik)
-        out["w3"] = w3_likelihood(peers, model, params, x_lik, cfg["lik_rounds"], ref=ref)
-        out["w3_equal_accuracy"] = w3_equal_accuracy(model, params, x_lik, ref, out["w3"])
-        # digits: d = 64 (64 JVPs or 64 backward passes per evaluation), same MLP in both frameworks
-        digits = fj.data.get_dataset("digits", "test").as_arrays()["x"][: cfg["n_digits"]]
-        digits = np.asarray(digits, np.float32).reshape(len(digits), -1)
-        dmodel = _flowjax_model()
-        dparams = models.init(dmodel, jax.random.PRNGKey(3), jnp.zeros((1, 64)))
-        out["w3_digits"] = w3_likelihood(
-            peers, dmodel, dparams, digits, cfg["lik_rounds"],
-            cases={
-                "exact_euler_100": dict(divergence="exact", solver="euler", num_steps=100),
-                "hutchinson_euler_100": dict(divergence="hutchinson", solver="euler", num_steps=100),
-            },
-        )  # fmt: skip
-        out["w3_digits"]["weights"] = "untrained (random init): a timing and agreement check"
-        _log("W3 done", t_start)
-    if "w4" in workloads:
-        out["w4"] = w4_ground_truth(peers, cfg["w4"], cfg["w4_test"])
-        _log("W4 done", t_start)
-    return out
 
 
 if __name__ == "__main__":
@@ -595,7 +611,7 @@ if __name__ == "__main__":
     parser.add_argument("--workloads", nargs="*", choices=WORKLOADS, default=list(WORKLOADS))
     args = parser.parse_args()
     res = run(quick=args.quick, workloads=tuple(args.workloads))
-    print(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1, default=float)[:20000])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(res, f, indent=1, default=float)

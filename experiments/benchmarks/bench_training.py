@@ -4,8 +4,9 @@ Workload: a 4x512 SiLU MLP (input 3 = a 2-D point and the time, output 2 = a vel
 with ``flax.linen`` here, trained by conditional flow matching (CondOT) on 8-Gaussians data with
 Adam (lr 1e-3), at batch 4096 and 256.
 
-Measured, alternating the variants round by round (this machine is shared: medians of rounds,
-wall-clock and process CPU time both):
+Measured, alternating the variants round by round, the order rotated every round (this machine is
+shared: medians of rounds, wall-clock and process CPU time both; ``rounds_ms`` keeps every round, so
+that a ratio's spread over rounds can be reported):
 
 * ``bare``: ``jax.jit(jax.value_and_grad(loss))(params, batch, key)``, the floor;
 * ``bare_adam``: the step a user writes by hand: forward+backward and ``optax.adam``'s update in one
@@ -189,8 +190,10 @@ def _measure_case(
 
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    names = list(runs)
+    for r in range(rounds):  # the order rotated every round (as common.alternate)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            run = runs[name]
             t0, c0 = time.perf_counter(), time.process_time()
             run()
             wall[name].append((time.perf_counter() - t0) / iters)
@@ -202,6 +205,8 @@ def _measure_case(
         "iters_per_round": iters,
         "rounds": rounds,
         "ms": {k: 1e3 * v for k, v in med.items()},
+        # ms/step of every round (the report's ratios are medians of per-round ratios)
+        "rounds_ms": {k: [1e3 * x for x in v] for k, v in wall.items()},
         "cpu_ms": {k: 1e3 * v for k, v in cmed.items()},
         "ratio": {k: med[k] / med["bare"] for k in med if k != "bare"},
         "cpu_ratio": {k: cmed[k] / cmed["bare"] for k in cmed if k != "bare"},

@@ -2,6 +2,8 @@
 
 * :func:`alternate`: each function timed once per round, the order rotated every round, after
   ``warmup`` untimed calls each; every result is blocked on before the clock stops.
+* :func:`ratio_spread`: a comparison's per-round time ratios (paired within each round) summarised
+  by their median, quartiles and range; :func:`load`: the load average, recorded beside each part.
 * :class:`MLP`: ``[x, t]`` through ``depth`` SiLU layers of ``width`` units to ``dim`` outputs, the
   velocity network of the toy workloads (``bench_peers`` mirrors its shape with flowjax's own
   ``models.MLP`` and a torch copy; ``bench_training`` and ``bench_scaling`` use this one).
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MLP", "alternate", "median", "median_ratio"]
+__all__ = ["MLP", "alternate", "load", "median", "median_ratio", "ratio_spread", "spread"]
 
 
 def alternate(
@@ -54,6 +57,30 @@ def median(times: list[float]) -> float:
 def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     """Median over rounds of ``time[num] / time[den]`` (paired within each round)."""
     return float(np.median(np.asarray(times[num]) / np.asarray(times[den])))
+
+
+def spread(values: Any) -> dict[str, float]:
+    """Median, quartiles, min and max of ``values`` (e.g. per-round ratios), and their count."""
+    v = np.asarray(values, np.float64)
+    q1, med, q3 = (float(x) for x in np.percentile(v, [25, 50, 75]))
+    return {
+        "median": med,
+        "q1": q1,
+        "q3": q3,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "rounds": int(v.size),
+    }
+
+
+def ratio_spread(times: dict[str, list[float]], num: str, den: str) -> dict[str, float]:
+    """:func:`spread` of the per-round ratios ``time[num] / time[den]`` (paired within rounds)."""
+    return spread(np.asarray(times[num]) / np.asarray(times[den]))
+
+
+def load() -> list[float]:
+    """The 1, 5 and 15-minute load averages of this machine."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 class MLP(nn.Module):

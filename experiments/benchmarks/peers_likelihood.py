@@ -1,13 +1,16 @@
 """W3 of ``bench_peers``: likelihood of held-out points, flowjax against flow_matching.
 
-:func:`w3_likelihood` times log p of held-out points (exact divergence and Hutchinson, Euler 100
-and Dopri5 1e-5) on both sides, alternated; :func:`w3_equal_accuracy` finds flowjax's cheapest
-setting (:data:`W3_FAST`) that is as accurate as a peer's run, against a float64 reference
-(:func:`reference_log_prob`).
+:func:`w3_likelihood` gives both sides the same menu: every setting of each side's sweep
+(:data:`W3_FLOWJAX`, :data:`W3_PEER`; exact divergence) is run on the same points and weights and
+scored against a float64 reference (:func:`reference_log_prob`); then, for each accuracy target
+(the peer's Euler 100 and Dopri5 1e-5 errors), each side's fastest setting at least as accurate
+is timed against the other's, alternated. :func:`w3_equal_settings` times the same settings on both
+sides (exact divergence and Hutchinson). Every timing is stored as raw per-round seconds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,28 +19,59 @@ import numpy as np
 
 import flowjax as fj
 from experiments.benchmarks import peers_torch
-from experiments.benchmarks.common import alternate, median_ratio
+from experiments.benchmarks.common import alternate
 from flowjax import likelihood as L
 from flowjax import models
 
-__all__ = ["W3_FAST", "reference_log_prob", "w3_equal_accuracy", "w3_likelihood"]
+__all__ = [
+    "W3_CASES",
+    "W3_DIGITS",
+    "W3_FLOWJAX",
+    "W3_PEER",
+    "reference_log_prob",
+    "w3_equal_settings",
+    "w3_likelihood",
+]
 
-
-# W3 at equal accuracy: flowjax's exact-divergence settings with fewer evaluations, each timed and
-# scored against a float64 reference; the cheapest one as accurate as a peer's run is compared with it
-W3_FAST = (
-    {f"heun_{k}": dict(solver="heun", num_steps=k) for k in (4, 8, 16, 32)}
+# Each side's menu (exact divergence): name -> (method, fixed steps or None, tolerance or None,
+# options). flowjax's "_shared" settings solve the batch as one ODE with the batch-RMS step control
+# (the peers' convention); its others solve each point alone.
+W3_FLOWJAX: dict[str, tuple] = (
+    {"euler_100": ("euler", 100, None, {})}
+    | {f"heun_{k}": ("heun", k, None, {}) for k in (4, 8, 16, 32)}
+    | {f"midpoint_{k}": ("midpoint", k, None, {}) for k in (8, 16, 32)}
     | {
-        f"{s}_{tol:.0e}": dict(solver=s, rtol=tol, atol=tol)
-        for s in ("bosh3", "tsit5", "dopri5")
-        for tol in (1e-3, 3e-4, 1e-4, 3e-5)
+        f"{m}_{tol:.0e}": (m, None, tol, {})
+        for m in ("bosh3", "tsit5", "dopri5")
+        for tol in (1e-3, 1e-4, 1e-5)
     }
-    | {  # one step sequence for the whole batch, chosen on its RMS error (the peers' convention)
-        f"{s}_{tol:.0e}_shared": dict(solver=s, rtol=tol, atol=tol, shared_steps=True)
-        for s in ("tsit5", "dopri5")
-        for tol in (1e-4, 3e-5, 1e-5)
+    | {
+        f"{m}_{tol:.0e}_shared": (m, None, tol, {"shared_steps": True})
+        for m in ("tsit5", "dopri5")
+        for tol in (1e-3, 1e-4, 1e-5)
     }
 )
+W3_PEER: dict[str, tuple] = (
+    {"euler_100": ("euler", 100, None, {})}
+    | {f"midpoint_{k}": ("midpoint", k, None, {}) for k in (8, 16, 32)}
+    | {f"heun2_{k}": ("heun2", k, None, {}) for k in (4, 8, 16, 32)}
+    | {f"rk4_{k}": ("rk4", k, None, {}) for k in (4, 8, 16)}
+    | {
+        f"{m}_{tol:.0e}": (m, None, tol, {})
+        for m in ("bosh3", "dopri5")
+        for tol in (1e-3, 1e-4, 1e-5)
+    }
+)
+# the accuracy targets: the peer's errors at these two settings of its menu
+W3_TARGETS = ("euler_100", "dopri5_1e-05")
+# equal settings on both sides: name -> (divergence, method, steps, tol, flowjax options)
+W3_CASES: dict[str, tuple] = {
+    "exact_euler_100": ("exact", "euler", 100, None, {}),
+    "hutchinson_euler_100": ("hutchinson", "euler", 100, None, {}),
+    # one step sequence for the batch on both sides (the peer's only convention)
+    "exact_dopri5_1e-5_shared": ("exact", "dopri5", None, 1e-5, {"shared_steps": True}),
+}
+W3_DIGITS: dict[str, tuple] = {k: W3_CASES[k] for k in ("exact_euler_100", "hutchinson_euler_100")}
 
 
 def reference_log_prob(model, params, x: np.ndarray) -> np.ndarray:
@@ -56,95 +90,96 @@ def _error(log_prob: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(log_prob, np.float64) - ref)))
 
 
-def w3_equal_accuracy(model, params, x: np.ndarray, ref: np.ndarray, table: dict) -> dict:
-    """flowjax's cheapest exact-divergence setting at least as accurate as each peer run.
-
-    ``table``: :func:`w3_likelihood`'s result (peer times and errors). flowjax's fast settings are
-    timed as the median of 3 runs each (not alternated with the peer, whose time is its row's).
-    """
+def _flowjax_run(fn, x, divergence: str, method: str, steps, tol, opts: dict) -> Callable:
     path = fj.CondOT()
+    kw: dict[str, Any] = dict(divergence=divergence, solver=method, **opts)
+    if steps:
+        kw["num_steps"] = steps
+    else:
+        kw |= {"rtol": tol, "atol": tol}
+
+    def run():
+        r = L.log_likelihood(fn, path, x, key=jax.random.PRNGKey(0), **kw)
+        return np.asarray(jax.block_until_ready(r.log_prob)), int(np.max(np.asarray(r.nfe)))
+
+    return run
+
+
+def w3_equal_settings(
+    peers: dict, model, params, x: np.ndarray, rounds: int, cases=None, ref=None
+) -> dict:
+    """Each case of ``cases`` (:data:`W3_CASES`) on both sides, alternated over ``rounds``."""
     fn = models.model_fn(model, params)
-    fast: dict[str, Any] = {}
-    for name, opts in W3_FAST.items():
-
-        def run(opts=opts):
-            r = L.log_likelihood(fn, path, x, **opts)
-            return np.asarray(jax.block_until_ready(r.log_prob)), int(np.max(np.asarray(r.nfe)))
-
-        lp, nfe = run()
-        times = alternate({"run": run}, 3, warmup=0)["run"]
-        fast[name] = {"ms": 1e3 * float(np.median(times)), "nfe": nfe, "error": _error(lp, ref)}
-    out: dict[str, Any] = {"fast": fast, "versus": {}}
-    for case, row in table.items():
-        if not (isinstance(row, dict) and "error" in row and "flow_matching" in row["error"]):
-            continue
-        if not case.startswith("exact"):
-            continue  # Hutchinson's error is its probe noise, the same estimator on both sides
-        target = row["error"]["flow_matching"]
-        ok = {k: v for k, v in fast.items() if v["error"] <= target}
-        ok[f"{case} (same settings)"] = {
-            "ms": row["ms"]["flowjax"], "nfe": row["nfe"]["flowjax"],
-            "error": row["error"]["flowjax"],
-        }  # fmt: skip
-        ok = {k: v for k, v in ok.items() if v["error"] <= target}
-        if not ok:
-            out["versus"][case] = {"peer_error": target, "flowjax": None}
-            continue
-        best = min(ok, key=lambda k: ok[k]["ms"])
-        out["versus"][case] = {
-            "peer_error": target,
-            "peer_ms": row["ms"]["flow_matching"],
-            "flowjax": best,
-            "flowjax_ms": ok[best]["ms"],
-            "flowjax_error": ok[best]["error"],
-            "speedup": row["ms"]["flow_matching"] / ok[best]["ms"],
+    torch = peers.get("torch")
+    tnet = peers_torch.torch_from_flax(torch, params) if torch is not None else None
+    out: dict[str, Any] = {"n": int(x.shape[0]), "dim": int(np.prod(x.shape[1:])), "cases": {}}
+    for name, (div, method, steps, tol, opts) in (cases or W3_CASES).items():
+        fns = {"flowjax": _flowjax_run(fn, x, div, method, steps, tol, opts)}
+        if torch is not None and "flow_matching" in peers:
+            fns["flow_matching"] = peers_torch.fm_likelihood(
+                torch, tnet, torch.from_numpy(x), div, method, steps, tol
+            )
+        results = {k: f() for k, f in fns.items()}
+        row: dict[str, Any] = {
+            "times": alternate(fns, rounds, warmup=0),
+            "mean_nll": {k: float(-np.mean(r[0])) for k, r in results.items()},
+            "nfe": {k: r[1] for k, r in results.items()},
         }
+        if ref is not None:
+            row["error"] = {k: _error(r[0], ref) for k, r in results.items()}
+        out["cases"][name] = row
     return out
 
 
 def w3_likelihood(
-    peers: dict, model, params, x: np.ndarray, rounds: int, cases=None, ref=None
+    peers: dict, model, params, x: np.ndarray, ref: np.ndarray, rounds: int, sweep_rounds: int
 ) -> dict:
-    """log p(x) with flowjax and flow_matching's ``compute_likelihood`` on the same weights.
-
-    ``ref``: reference log-densities of ``x`` (:func:`reference_log_prob`); each row then reports
-    each side's mean absolute error against it.
-    """
-    path = fj.CondOT()
+    """The sweep of both menus (error, NFE, the sweep's per-round seconds), the equal-accuracy
+    pairs (each side's fastest setting within each target, alternated over ``rounds``) and the
+    equal-settings cases."""
     fn = models.model_fn(model, params)
-    n = x.shape[0]
     torch = peers.get("torch")
-    tnet = peers_torch.torch_from_flax(torch, params) if torch is not None else None
-    cases = cases or {
-        "exact_euler_100": dict(divergence="exact", solver="euler", num_steps=100),
-        "hutchinson_euler_100": dict(divergence="hutchinson", solver="euler", num_steps=100),
-        "exact_dopri5_1e-5": dict(divergence="exact", solver="dopri5", rtol=1e-5, atol=1e-5),
-        # flowjax with the peer's step convention (shared steps, RMS over the batch)
-        "exact_dopri5_1e-5_shared": dict(
-            divergence="exact", solver="dopri5", rtol=1e-5, atol=1e-5, shared_steps=True
-        ),
-        "hutchinson_dopri5_1e-5": dict(
-            divergence="hutchinson", solver="dopri5", rtol=1e-5, atol=1e-5
-        ),
+    runs: dict[str, Callable] = {}
+    info: dict[str, dict] = {}
+    for name, (method, steps, tol, opts) in W3_FLOWJAX.items():
+        runs[f"flowjax/{name}"] = _flowjax_run(fn, x, "exact", method, steps, tol, opts)
+        info[f"flowjax/{name}"] = {"side": "flowjax", "setting": name}
+    if torch is not None and "flow_matching" in peers:
+        tnet = peers_torch.torch_from_flax(torch, params)
+        for name, (method, steps, tol, _) in W3_PEER.items():
+            runs[f"flow_matching/{name}"] = peers_torch.fm_likelihood(
+                torch, tnet, torch.from_numpy(x), "exact", method, steps, tol
+            )
+            info[f"flow_matching/{name}"] = {"side": "flow_matching", "setting": name}
+    for key, run in runs.items():
+        lp, nfe = run()
+        info[key] |= {"nfe": nfe, "error": _error(lp, ref), "mean_nll": float(-np.mean(lp))}
+    sweep = alternate(runs, sweep_rounds, warmup=0)
+    for key in runs:
+        info[key]["sweep_times"] = sweep[key]
+    out: dict[str, Any] = {
+        "n": int(x.shape[0]),
+        "sweep_rounds": sweep_rounds,
+        "settings": info,
+        "equal_accuracy": {},
     }
-    out: dict[str, Any] = {"n": n, "dim": int(np.prod(x.shape[1:]))}
-    for name, opts in cases.items():
 
-        def ours(opts=opts):
-            r = L.log_likelihood(fn, path, x, key=jax.random.PRNGKey(0), **opts)
-            return np.asarray(jax.block_until_ready(r.log_prob)), int(np.max(np.asarray(r.nfe)))
+    def fastest(side: str, target: float) -> str | None:
+        ok = [k for k in info if info[k]["side"] == side and info[k]["error"] <= target]
+        return min(ok, key=lambda k: float(np.median(info[k]["sweep_times"]))) if ok else None
 
-        fns = {"flowjax": ours}
-        if torch is not None and "flow_matching" in peers:
-            fns["flow_matching"] = peers_torch.fm_likelihood(torch, tnet, torch.from_numpy(x), opts)
-        results = {k: f() for k, f in fns.items()}
-        times = alternate(fns, rounds, warmup=0)
-        out[name] = {
-            "ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
-            "mean_nll": {k: float(-np.mean(r[0])) for k, r in results.items()},
-            "nfe": {k: r[1] for k, r in results.items()},
-            "speedup_vs": {p: median_ratio(times, p, "flowjax") for p in fns if p != "flowjax"},
+    for t in W3_TARGETS:
+        key = f"flow_matching/{t}"
+        if key not in info:
+            continue
+        target = info[key]["error"]
+        chosen = {
+            "flowjax": fastest("flowjax", target),
+            "flow_matching": fastest("flow_matching", target),
         }
-        if ref is not None:
-            out[name]["error"] = {k: _error(r[0], ref) for k, r in results.items()}
+        entry: dict[str, Any] = {"target_error": target, "chosen": chosen}
+        if all(chosen.values()):
+            entry["times"] = alternate({s: runs[k] for s, k in chosen.items()}, rounds, warmup=0)
+        out["equal_accuracy"][t] = entry
+    out["equal_settings"] = w3_equal_settings(peers, model, params, x, rounds, ref=ref)
     return out
