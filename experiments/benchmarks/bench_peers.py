@@ -293,7 +293,6 @@ W2_FLOWJAX = (
     [("euler", k, None) for k in (25, 50, 100)]
     + [("midpoint", k, None) for k in (8, 16, 50)]
     + [("heun", k, None) for k in (4, 8, 16)]
-    + [("bosh3", k, None) for k in (4, 8)]  # third order on a fixed grid (the peers' heun3)
     + [(m, None, tol) for m in ("bosh3", "tsit5", "dopri5") for tol in (1e-3, 1e-4, 1e-5)]
 )
 # flowjax's few-step solvers (no counterpart in the peers): reported as separate rows
