@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
@@ -52,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flowjax as fj
+from experiments.benchmarks.common import log
 from flowjax import solvers
 from flowjax.distances import energy_distance, finite_sample_floor, sliced_wasserstein
 from flowjax.likelihood import log_likelihood
@@ -117,11 +117,7 @@ class _Reference:
         return self._cache[(t0, t1)]
 
 
-_START = time.perf_counter()
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _START:7.1f} s] {msg}", file=sys.stderr, flush=True)
+_log = log
 
 
 def quality(

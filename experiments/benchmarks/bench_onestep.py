@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,7 +61,7 @@ import numpy as np
 
 import flowjax as fj
 from experiments.benchmarks.bench_few_step import _Reference, _steps
-from experiments.benchmarks.common import alternate, median, median_ratio
+from experiments.benchmarks.common import alternate, log, median, median_ratio
 from flowjax import losses as L
 from flowjax import models as M
 from flowjax import reflow, training
@@ -92,11 +91,7 @@ LR = 1e-3
 #: now ramps the decay up by default (ema_warmup=True), which also avoids it
 REFLOW_EMA = 0.995
 
-_START = time.perf_counter()
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _START:7.1f} s] {msg}", file=sys.stderr, flush=True)
+_log = log
 
 
 # ---------------------------------------------------------------------------- training

@@ -3,7 +3,8 @@
 * :func:`alternate`: each function timed once per round, the order rotated every round, after
   ``warmup`` untimed calls each; every result is blocked on before the clock stops.
 * :func:`ratio_spread`: a comparison's per-round time ratios (paired within each round) summarised
-  by their median, quartiles and range; :func:`load`: the load average, recorded beside each part.
+  by their median, quartiles and range; :func:`load`: the load average, recorded beside each part;
+  :func:`log`: a progress line on stderr with the seconds since the benchmark was imported.
 * :class:`MLP`: ``[x, t]`` through ``depth`` SiLU layers of ``width`` units to ``dim`` outputs, the
   velocity network of the toy workloads (``bench_peers`` mirrors its shape with flowjax's own
   ``models.MLP`` and a torch copy; ``bench_training`` and ``bench_scaling`` use this one).
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MLP", "alternate", "load", "median", "median_ratio", "ratio_spread", "spread"]
+__all__ = ["MLP", "alternate", "load", "log", "median", "median_ratio", "ratio_spread", "spread"]
+
+
+_START = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Print ``msg`` to stderr after the seconds since this module was imported."""
+    print(f"[{time.perf_counter() - _START:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def alternate(
