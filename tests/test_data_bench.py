@@ -15,7 +15,8 @@ def test_bench_data_quick_run():
     chex.assert_equal(out["batch_size"], 512)
     expected = {
         "digits/flowjax",
-        "digits/grain_raw_serial",
+        "digits/grain_batched",
+        "digits/grain_per_example",
         "cifar10_mock/in_memory_flip",
         "array_record/records_threads=1",
         "toy/checkerboard_iterator",
